@@ -1,2 +1,393 @@
-"""(being written)"""
-__all__ = []
+r"""Robust pooling layers (paper §5.1), batched, any pooled dim, CPU and CUDA.
+
+    y ∈ argmin_u Σ_i φ(u − x_i; α)            over the pooled dim of size n
+
+Optimality: ``g(y) = Σ_i φ'(y − x_i) = 0``. Backward (Prop. 4.4, Eq. 78), O(n) memory:
+
+    H = Σ_j φ''(y − x_j)                        # H = D²_YY f (a scalar per pooled row)
+    ∂L/∂x_i = v · φ''(y − x_i) / H              # −H⁻¹ B with B_i = −φ''(y − x_i)
+    ∂L/∂α   = −v · Σ_i ∂_α φ'(y − x_i) / H      # α may be a learnable tensor
+
+Solvers (rows in parallel, reaching ``g(y) ≈ 0`` to the dtype's precision in a few iterations):
+
+* quadratic: the mean;
+* pseudo-Huber, Huber (convex): Newton from the mean, safeguarded by the bracket ``[min x, max x]``
+  (bisection when a Newton step leaves it or ``H = 0``);
+* Welsch: from the mean and from the lower median ``sort(x)[(n−1)//2]`` (the paper's protocol), Newton
+  steps accepted only when they lower ``f``, otherwise the always-descending majorize–minimize step
+  ``y ← Σ w_i x_i / Σ w_i``; the lower objective wins (ties keep the mean's);
+* truncated quadratic: the same two starts, each iterating ``y ← mean{x_i : |y − x_i| < α}`` (exact MM,
+  finitely many steps).
+
+Degenerate points (``H = Σφ'' = 0``), handled explicitly:
+
+* Huber with no inlier: the minimizers form an interval; we return its midpoint ``(x_j + x_k)/2``
+  (``x_j`` largest point below ``y − α``, ``x_k`` smallest above ``y + α``), whose derivative is
+  ``½(e_j + e_k)`` (split over ties) and ``dy/dα = 0``;
+* truncated quadratic with no inlier: the objective is flat, ``y`` stays at the mean, gradient
+  ``1/n`` (cannot win over the median start, which always has an inlier);
+* otherwise (pseudo-Huber underflow, Welsch at a flat point): zero gradient and a ``DDNWarning``.
+
+Bad input: empty pooled dim, NaN/Inf, non-positive α, or ``|x|/α`` so large that ``(x/α)²``
+overflows raise ``DDNError``. A pooled dim of size 1 returns ``y = x`` (gradient 1); all-equal
+values return that value (gradient ``1/n``).
+
+On CPU a compiled kernel (``ddn.torch._kernels``) runs every iteration of a row while it sits in
+cache; the eager torch implementation below is the fallback (CUDA, or no compiler) and the oracle.
+"""
+import warnings
+
+import torch
+
+from .. import DDNError, DDNWarning
+from . import _kernels
+
+__all__ = ["PENALTIES", "robust_pool", "RobustPool"]
+
+PENALTIES = ("quadratic", "pseudo-huber", "huber", "welsch", "truncated-quadratic")
+_MAX_ITER = 100
+
+
+# ----------------------------------------------------------------------------- penalties
+def _phi(z, pen, a):
+    """φ(z; α) elementwise."""
+    if pen == "quadratic":
+        return 0.5 * z * z
+    if pen == "pseudo-huber":
+        return a * a * (torch.sqrt(1 + (z / a) ** 2) - 1)
+    if pen == "huber":
+        return torch.where(z.abs() <= a, 0.5 * z * z, a * (z.abs() - 0.5 * a))
+    if pen == "welsch":
+        return 1 - torch.exp(-0.5 * (z / a) ** 2)
+    return torch.minimum(0.5 * z * z, 0.5 * a * a)
+
+
+def _d1d2(z, pen, a):
+    """(φ'(z), φ''(z)) elementwise (a.e. for Huber and the truncated quadratic)."""
+    if pen == "quadratic":
+        return z, torch.ones_like(z)
+    if pen == "pseudo-huber":
+        s = torch.rsqrt(1 + (z / a) ** 2)
+        return z * s, s * s * s
+    if pen == "huber":
+        inl = z.abs() <= a
+        return torch.maximum(torch.minimum(z, a), -a), inl.to(z.dtype)
+    if pen == "welsch":
+        u2 = (z / a) ** 2
+        w = torch.exp(-0.5 * u2) / (a * a)
+        return z * w, (1 - u2) * w
+    inl = z.abs() < a
+    return torch.where(inl, z, 0), inl.to(z.dtype)
+
+
+def _d2(z, pen, a):
+    """φ''(z) elementwise."""
+    if pen == "quadratic":
+        return torch.ones_like(z)
+    if pen == "pseudo-huber":
+        return (1 + (z / a) ** 2) ** -1.5
+    if pen == "huber":
+        return (z.abs() <= a).to(z.dtype)
+    if pen == "welsch":
+        u2 = (z / a) ** 2
+        return (1 - u2) * torch.exp(-0.5 * u2) / (a * a)
+    return (z.abs() < a).to(z.dtype)
+
+
+def _d1_dalpha(z, pen, a):
+    """∂φ'(z; α)/∂α elementwise (zero for quadratic and, a.e., the truncated quadratic)."""
+    if pen == "pseudo-huber":
+        u = z / a
+        return u ** 3 * (1 + u * u) ** -1.5
+    if pen == "huber":
+        return torch.where(z.abs() <= a, 0, torch.sign(z))
+    if pen == "welsch":
+        u2 = (z / a) ** 2
+        return z * torch.exp(-0.5 * u2) * (u2 - 2) / a ** 3
+    return torch.zeros_like(z)
+
+
+# ----------------------------------------------------------------------------- eager solver
+def _newton_bracket(x, y, pen, a, eps):
+    """Safeguarded Newton for a monotone g on [min x, max x]; returns (y, converged)."""
+    lo, hi = x.amin(-1), x.amax(-1)
+    done = lo == hi
+    a1 = a.squeeze(-1)
+    for _ in range(_MAX_ITER):
+        d1, d2 = _d1d2(y[:, None] - x, pen, a)
+        g, H = d1.sum(-1), d2.sum(-1)
+        lo = torch.where(g < 0, y, lo)
+        hi = torch.where(g > 0, y, hi)
+        yn = y - g / H
+        newton = (H > 0) & (yn >= lo) & (yn <= hi)
+        ynew = torch.where(g == 0, y, torch.where(newton, yn, 0.5 * (lo + hi)))
+        tol = 2 * eps * (y.abs() + a1)
+        conv = ((ynew - y).abs() <= tol) | (hi - lo <= tol)
+        y = torch.where(done, y, ynew)
+        done = done | conv
+        if bool(done.all()):
+            return y, done
+    return y, done
+
+
+def _welsch_local(x, y, a, eps):
+    """Descent from y: Newton when it lowers f, else the MM step; returns (y, converged)."""
+    n = x.shape[-1]
+    a1, a2 = a.squeeze(-1), a.squeeze(-1) ** 2
+
+    def ev(y):
+        z = y[:, None] - x
+        u2 = (z / a) ** 2
+        w = torch.exp(-0.5 * u2)
+        s0 = w.sum(-1)
+        return n - s0, (z * w).sum(-1) / a2, ((1 - u2) * w).sum(-1) / a2, s0
+
+    f, g, H, s0 = ev(y)
+    done = torch.zeros_like(y, dtype=torch.bool)
+    ftol = 8 * eps * n
+    for _ in range(_MAX_ITER):
+        ymm = torch.where(s0 > 0, y - g * a2 / s0.clamp_min(torch.finfo(y.dtype).tiny), y)
+        yn = torch.where(H > 0, y - g / H, ymm)
+        fn, gn, Hn, s0n = ev(yn)
+        rej = ~(fn <= f + ftol)
+        if bool(rej.any()):
+            fm, gm, Hm, s0m = ev(ymm)
+            yn, fn, gn, Hn, s0n = (torch.where(rej, p, q) for p, q in
+                                   ((ymm, yn), (fm, fn), (gm, gn), (Hm, Hn), (s0m, s0n)))
+        conv = ((yn - y).abs() <= 4 * eps * (y.abs() + a1)) | (s0 == 0)
+        keep = done
+        y, f, g, H, s0 = (torch.where(keep, p, q) for p, q in
+                          ((y, yn), (f, fn), (g, gn), (H, Hn), (s0, s0n)))
+        done = done | conv
+        if bool(done.all()):
+            break
+    return y, done
+
+
+def _tq_local(x, y, a):
+    """MM for the truncated quadratic: y ← mean of the inliers |y − x_i| < α, to its fixed point."""
+    done = torch.zeros_like(y, dtype=torch.bool)
+    for _ in range(4 * _MAX_ITER):
+        inl = ((y[:, None] - x).abs() < a).to(x.dtype)
+        cnt = inl.sum(-1)
+        yn = torch.where(cnt > 0, (inl * x).sum(-1) / cnt.clamp_min(1), y)
+        done = yn == y
+        y = yn
+        if bool(done.all()):
+            break
+    return y, done
+
+
+def _huber_fixup(x, y, a):
+    """Move rows with no inlier to the midpoint of Huber's interval of minimizers."""
+    z = y[:, None] - x
+    flat = ~(z.abs() <= a).any(-1)
+    if bool(flat.any()):
+        inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+        xj = torch.where(z > a, x, -inf).amax(-1)   # largest point below y − α
+        xk = torch.where(z < -a, x, inf).amin(-1)   # smallest point above y + α
+        y = torch.where(flat, 0.5 * (xj + xk), y)
+    return y
+
+
+def _solve_eager(x, pen, a):
+    """x (B, n), a (B, 1) -> (y (B,), converged (B,) bool)."""
+    eps = torch.finfo(x.dtype).eps
+    mean = x.mean(-1)
+    if pen == "quadratic":
+        return mean, torch.ones_like(mean, dtype=torch.bool)
+    if pen in ("pseudo-huber", "huber"):
+        y, ok = _newton_bracket(x, mean, pen, a, eps)
+        if pen == "huber":
+            y = _huber_fixup(x, y, a)
+        return y, ok
+    median = x.median(-1).values  # the lower median
+    if pen == "welsch":
+        (y1, ok1), (y2, ok2) = _welsch_local(x, mean, a, eps), _welsch_local(x, median, a, eps)
+    else:
+        (y1, ok1), (y2, ok2) = _tq_local(x, mean, a), _tq_local(x, median, a)
+    f1 = _phi(y1[:, None] - x, pen, a).sum(-1)
+    f2 = _phi(y2[:, None] - x, pen, a).sum(-1)
+    pick2 = f2 < f1
+    return torch.where(pick2, y2, y1), torch.where(pick2, ok2, ok1)
+
+
+def _weights_eager(x, y, pen, a, need_alpha):
+    """(w (B, n) = D_x y, dy/dα (B,) or None, number of bad rows)."""
+    z = y[:, None] - x
+    d2 = _d2(z, pen, a)
+    H = d2.sum(-1, keepdim=True)  # H = D²_YY f
+    pos = H > 0
+    w = d2 / torch.where(pos, H, 1)  # Dy = −H⁻¹B, B_i = −φ''(y − x_i)
+    da = None
+    if need_alpha:
+        da = torch.where(pos, -_d1_dalpha(z, pen, a).sum(-1, keepdim=True) / torch.where(pos, H, 1),
+                         0).squeeze(-1)
+    nbad = 0
+    if not bool(pos.all()):
+        bad = ~pos  # (B, 1)
+        if pen == "huber":
+            inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+            left, right = z > a, z < -a
+            xj = torch.where(left, x, -inf).amax(-1, keepdim=True)
+            xk = torch.where(right, x, inf).amin(-1, keepdim=True)
+            wj = (left & (x == xj)).to(x.dtype)
+            wk = (right & (x == xk)).to(x.dtype)
+            wmid = 0.5 * wj / wj.sum(-1, keepdim=True).clamp_min(1) + \
+                0.5 * wk / wk.sum(-1, keepdim=True).clamp_min(1)
+            w = torch.where(bad, wmid, w)
+        elif pen == "truncated-quadratic":
+            w = torch.where(bad, torch.full_like(w, 1.0 / x.shape[-1]), w)
+        else:
+            w = torch.where(bad, 0, w)
+            nbad = int(bad.sum())
+    return w, da, nbad
+
+
+def _warn_bad(pen, nbad):
+    if nbad:
+        warnings.warn(f"robust_pool({pen!r}): H = Σφ'' ≤ 0 at the solution of {nbad} row(s); y is "
+                      "not differentiable there, their gradient is set to zero", DDNWarning,
+                      stacklevel=4)
+
+
+# ----------------------------------------------------------------------------- autograd
+class _RobustPoolFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha, pen, use_kernel):
+        # x (B, n) contiguous, alpha (B,) positive
+        if use_kernel:
+            y, ok = _kernels.pool_forward(x, alpha, pen)
+        else:
+            y, ok = _solve_eager(x, pen, alpha[:, None])
+        nfail = int((~ok).sum())
+        if nfail:
+            warnings.warn(f"robust_pool({pen!r}): the solver did not converge on {nfail} row(s) "
+                          f"within its iteration limit; returning the last iterate", DDNWarning,
+                          stacklevel=3)
+        ctx.save_for_backward(x, y, alpha)
+        ctx.pen, ctx.use_kernel = pen, use_kernel
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, v):
+        x, y, alpha = ctx.saved_tensors
+        need_alpha = ctx.needs_input_grad[1] and ctx.pen in ("pseudo-huber", "huber", "welsch")
+        if ctx.use_kernel:
+            gx, ga, nbad = _kernels.pool_backward(x, y, alpha, v.contiguous(), ctx.pen, need_alpha)
+        else:
+            w, da, nbad = _weights_eager(x, y, ctx.pen, alpha[:, None], need_alpha)
+            gx = v[:, None] * w
+            ga = v * da if need_alpha else None
+        _warn_bad(ctx.pen, nbad)
+        if ctx.needs_input_grad[1] and ga is None:
+            ga = torch.zeros_like(alpha)
+        return gx, ga, None, None
+
+
+def _check_alpha_float(alpha):
+    if not (alpha == alpha and abs(alpha) != float("inf") and alpha > 0):
+        raise DDNError(f"alpha must be a finite positive number, got {alpha}")
+
+
+def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
+    """Robust pooling ``y = argmin_u Σ_i φ(u − x_i; α)`` over ``dim`` (see the module docstring).
+
+    Args:
+        x: tensor of any shape, float32 or float64, CPU or CUDA; ``x.shape[dim] ≥ 1``.
+        penalty: ``"quadratic"``, ``"pseudo-huber"``, ``"huber"``, ``"welsch"`` or
+            ``"truncated-quadratic"``.
+        alpha: α > 0, a float or a tensor broadcastable to the pooled shape (``x`` with
+            ``shape[dim] = 1``); a tensor that requires grad receives ``∂L/∂α``.
+        dim: the pooled dimension.
+        keepdim: keep ``dim`` with size 1.
+
+    Returns:
+        ``x.shape`` without ``dim`` (or with size 1 there when ``keepdim``).
+
+    Paper: Gould et al., Deep Declarative Networks, §5.1 and Eq. 78.
+    """
+    if penalty not in PENALTIES:
+        raise DDNError(f"unknown penalty {penalty!r}; choose one of {PENALTIES}")
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise DDNError("robust_pool expects a floating-point tensor x")
+    if x.dim() == 0:
+        raise DDNError("robust_pool needs at least one dimension to pool over")
+    dim = dim % x.dim()
+    n = x.shape[dim]
+    if n == 0:
+        raise DDNError(f"cannot pool over an empty dimension (x.shape[{dim}] = 0)")
+    pooled_shape = list(x.shape)
+    pooled_shape[dim] = 1
+    xt = x.movedim(dim, -1)
+    batch_shape = xt.shape[:-1]
+    x2 = xt.reshape(-1, n).contiguous()
+    B = x2.shape[0]
+    if torch.is_tensor(alpha):
+        a = alpha.to(dtype=x.dtype, device=x.device)
+        if not bool(torch.isfinite(a).all() & (a > 0).all()):
+            raise DDNError("alpha must be finite and positive")
+        a_rows = a.expand(pooled_shape).movedim(dim, -1).reshape(B)
+        if not a_rows.requires_grad:
+            a_rows = a_rows.contiguous()
+    else:
+        _check_alpha_float(float(alpha))
+        a_rows = torch.full((B,), float(alpha), dtype=x.dtype, device=x.device)
+    if B == 0:
+        y = x2.sum(-1)
+    else:
+        use_kernel = _kernels.usable(x2)
+        if not use_kernel:  # the kernel checks its input itself while it reads it
+            _check_values_eager(x2, a_rows.detach())
+        y = _RobustPoolFn.apply(x2, a_rows if a_rows.requires_grad else a_rows.contiguous(),
+                                penalty, use_kernel)
+    y = y.reshape(batch_shape)
+    return y.unsqueeze(dim) if keepdim else y
+
+
+def _check_values_eager(x2, a):
+    if not bool(torch.isfinite(x2).all()):
+        raise DDNError("x contains NaN or Inf; robust pooling is undefined there — remove or mask "
+                       "the non-finite values first")
+    big = torch.finfo(x2.dtype).max ** 0.5 / 8
+    if bool((x2.abs().amax(-1) / a > big).any()):
+        raise DDNError("|x|/alpha is so large that (x/alpha)² overflows the dtype; rescale x or "
+                       "raise alpha")
+
+
+class RobustPool(torch.nn.Module):
+    """Robust pooling layer ``y = argmin_u Σ_i φ(u − x_i; α)`` over ``dim``.
+
+    Args:
+        penalty: see ``PENALTIES``.
+        alpha: α > 0 (float, or tensor broadcastable to the pooled shape).
+        dim, keepdim: as in ``robust_pool``.
+        learn_alpha: make α a learnable parameter, stored as ``log_alpha`` so it stays positive.
+    """
+
+    def __init__(self, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False, learn_alpha=False):
+        super().__init__()
+        if penalty not in PENALTIES:
+            raise DDNError(f"unknown penalty {penalty!r}; choose one of {PENALTIES}")
+        self.penalty, self.dim, self.keepdim = penalty, dim, keepdim
+        a = torch.as_tensor(alpha, dtype=torch.get_default_dtype())
+        if not bool(torch.isfinite(a).all() & (a > 0).all()):
+            raise DDNError("alpha must be finite and positive")
+        if learn_alpha:
+            self.log_alpha = torch.nn.Parameter(a.log())
+        else:
+            self.register_buffer("_alpha", a)
+
+    @property
+    def alpha(self):
+        return self.log_alpha.exp() if hasattr(self, "log_alpha") else self._alpha
+
+    def forward(self, x):
+        a = self.alpha
+        if a.dim() == 0 and not a.requires_grad:
+            a = float(a)
+        return robust_pool(x, self.penalty, a, self.dim, self.keepdim)
+
+    def extra_repr(self):
+        return f"penalty={self.penalty!r}, dim={self.dim}, keepdim={self.keepdim}"

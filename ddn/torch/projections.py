@@ -1,2 +1,259 @@
-"""(being written)"""
-__all__ = []
+r"""Lp-sphere, Lp-ball and simplex projections (paper §5.2), batched over every dim but ``dim``.
+
+    sphere:  y ∈ argmin_u ½‖u − x‖²  s.t. ‖u‖_p = r        ball: ‖u‖_p ≤ r        p ∈ {1, 2, ∞}
+    simplex: y ∈ argmin_u ½‖u − x‖²  s.t. u ≥ 0, Σu = r
+
+Backward (Prop. 4.5 with ``H = I − λD²h``, ``B = −I``, ``C = D_r h = −1``; Table I), as VJPs, O(n):
+
+* p = 2: ``∂L/∂x = (r/‖x‖)(v − ŷ ŷᵀv)`` with ``ŷ = y/r``; ``∂L/∂r = vᵀy/r``;
+* p = 1: ``s = sign(y)``, ``S = supp y``: ``∂L/∂x = v − s sᵀv/|S|``, ``∂L/∂r = sᵀv/|S|``;
+* p = ∞: ``T`` the coordinates on the face, ``s_T`` their signs: ``∂L/∂x = v − s_T s_Tᵀv/|T|``,
+  ``∂L/∂r = s_Tᵀv/|T|``;
+* ball with ``‖x‖_p ≤ r``: ``∂L/∂x = v``, ``∂L/∂r = 0`` (constraint inactive);
+* simplex: ``∂L/∂x = 1_S ⊙ (v − 1_Sᵀv/|S|)``, ``∂L/∂r = 1_Sᵀv/|S|`` with ``S = {y_i > 0}``.
+
+``masked=True`` (**default**) zeroes the rows/columns of coordinates pinned to a face (``y_i = 0``
+for p = 1, ``|y_i| = r`` for p = ∞): p = 1 gives ``1_S ⊙ v − s sᵀv/|S|``, p = ∞ gives
+``(1 − 1_T) ⊙ v`` and ``∂L/∂r = s_Tᵀv`` — the true derivative almost everywhere, equal to finite
+differences. ``masked=False`` is the paper's Prop. 4.5 form, a Clarke descent direction that
+differs from the derivative on pinned coordinates; it is kept for comparison with the paper.
+(The masked form is the default because a gradient should predict how ``y`` moves.)
+
+Forward: p = 2 closed form; p = 1 Duchi et al. (2008) sort-based threshold (the CPU kernel finds
+the same threshold by Michelot's pivoting, expected O(n)); p = ∞ clamp.
+Inside the ball the sphere pushes outward (p = 2 scales; p = 1 adds ``τ sign(x_i)``,
+``τ = (r − ‖x‖₁)/n``; p = ∞ moves the first largest-magnitude coordinate to the face;
+``sign(0) = +1``). ``x = 0`` on the L2 sphere returns ``r·1/√n`` with a zero x-gradient and a
+``DDNWarning``. NaN/Inf in ``x``, a non-positive radius, an empty dim or an unknown p raise
+``DDNError``.
+"""
+import warnings
+
+import torch
+
+from .. import DDNError, DDNWarning
+from . import _kernels
+
+__all__ = ["project_sphere", "project_ball", "project_simplex", "SphereProjection",
+           "BallProjection", "SimplexProjection"]
+
+INF = float("inf")
+
+
+def _sgn(x):
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def _l1_threshold_sort(a, r):
+    """τ with Σ max(a_i − τ, 0) = r per row (a ≥ 0 (B, n), r (B,)), Duchi et al. (2008)."""
+    u = a.sort(dim=-1, descending=True).values
+    c = u.cumsum(-1) - r[:, None]
+    k = torch.arange(1, a.shape[-1] + 1, dtype=a.dtype, device=a.device)
+    rho = (u - c / k > 0).sum(-1, keepdim=True).clamp_min(1) - 1  # the condition holds on a prefix
+    return (c.gather(-1, rho) / (rho + 1).to(a.dtype)).squeeze(-1)
+
+
+def _forward_eager(x, r, p, kind):
+    """x (B, n), r (B,) -> (y (B, n), aux (B,)): aux = ‖x‖₂ for p = 2, else 1 where the
+    constraint is active (always for the sphere and the simplex) and 0 where y = x."""
+    n = x.shape[-1]
+    rc = r[:, None]
+    if kind == "simplex":
+        tau = _l1_threshold_sort(x, r)  # sort-based threshold works for signed x too
+        return torch.clamp_min(x - tau[:, None], 0), torch.ones_like(r)
+    if p == 2:
+        nrm = torch.linalg.vector_norm(x, dim=-1)
+        if kind == "ball":
+            scale = torch.where(nrm > r, r / nrm, 1)
+            return x * scale[:, None], nrm
+        y = x * (r / nrm)[:, None]
+        zero = nrm == 0
+        if bool(zero.any()):
+            y = torch.where(zero[:, None], rc / n ** 0.5, y)
+        return y, nrm
+    if p == 1:
+        a = x.abs()
+        l1 = a.sum(-1)
+        out = l1 > r
+        tau = _l1_threshold_sort(a, torch.minimum(r, l1))
+        y = torch.where(out[:, None], torch.sign(x) * torch.clamp_min(a - tau[:, None], 0), x)
+        if kind == "sphere":
+            y = torch.where(out[:, None], y, x + ((r - l1) / n)[:, None] * _sgn(x))
+            return y, torch.ones_like(r)
+        return y, out.to(x.dtype)
+    m = x.abs().amax(-1)  # p = ∞
+    y = torch.maximum(torch.minimum(x, rc), -rc)
+    if kind == "ball":
+        return y, (m > r).to(x.dtype)
+    inside = m < r
+    if bool(inside.any()):
+        k = x.abs().argmax(-1, keepdim=True)
+        xk = x.gather(-1, k)
+        face = y.scatter(-1, k, rc * _sgn(xk))
+        y = torch.where(inside[:, None], face, y)
+    return y, torch.ones_like(r)
+
+
+def _backward_eager(v, y, r, aux, p, kind, masked):
+    """VJPs (∂L/∂x (B, n), ∂L/∂r (B,)) per the module docstring."""
+    rc = r[:, None]
+    if kind == "simplex":
+        S = (y > 0).to(y.dtype)
+        m = (S * v).sum(-1, keepdim=True) / S.sum(-1, keepdim=True)
+        return S * (v - m), m.squeeze(-1)
+    if p == 2:
+        nrm = aux[:, None]
+        act = (nrm > rc) if kind == "ball" else torch.ones_like(nrm, dtype=torch.bool)
+        yh = y / rc  # ŷ = y/r
+        yv = (yh * v).sum(-1, keepdim=True)
+        gx = (rc / torch.where(nrm > 0, nrm, 1)) * (v - yh * yv)   # (r/‖x‖)(I − ŷŷᵀ)v
+        gx = torch.where(nrm > 0, gx, 0)  # x = 0: no derivative (warned in forward)
+        return torch.where(act, gx, v), torch.where(act, yv, 0).squeeze(-1)
+    act = aux[:, None] > 0
+    if p == 1:
+        s = torch.sign(y)
+        cnt = s.abs().sum(-1, keepdim=True).clamp_min(1)
+        sv = (s * v).sum(-1, keepdim=True) / cnt
+        gx = (v * s.abs() if masked else v) - s * sv
+    else:
+        T = (y.abs() >= rc).to(y.dtype)
+        sT = T * _sgn(y)
+        if masked:
+            gx, sv = v * (1 - T), (sT * v).sum(-1, keepdim=True)
+        else:
+            sv = (sT * v).sum(-1, keepdim=True) / T.sum(-1, keepdim=True).clamp_min(1)
+            gx = v - sT * sv
+    return torch.where(act, gx, v), torch.where(act, sv, 0).squeeze(-1)
+
+
+class _ProjectFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, r, p, kind, masked, use_kernel):
+        if use_kernel:
+            y, aux = _kernels.proj_forward(x, r.contiguous(), p, kind)
+        else:
+            y, aux = _forward_eager(x, r, p, kind)
+        if p == 2 and kind == "sphere" and bool((aux == 0).any()):
+            warnings.warn("project_sphere(p=2) of x = 0: every point of the sphere is nearest; "
+                          "returning r·1/√n with a zero gradient w.r.t. x", DDNWarning, stacklevel=3)
+        ctx.save_for_backward(y, r, aux)
+        ctx.cfg = (p, kind, masked, use_kernel)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, v):
+        y, r, aux = ctx.saved_tensors
+        p, kind, masked, use_kernel = ctx.cfg
+        if use_kernel:
+            gx, gr = _kernels.proj_backward(v.contiguous(), y, r.contiguous(), aux, p, kind, masked)
+        else:
+            gx, gr = _backward_eager(v, y, r, aux, p, kind, masked)
+        return gx, (gr if ctx.needs_input_grad[1] else None), None, None, None, None
+
+
+def _project(x, p, radius, dim, kind, masked):
+    if p not in (1, 2, INF):
+        raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}")
+    if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() == 0:
+        raise DDNError("projection expects a floating-point tensor x with at least one dim")
+    dim = dim % x.dim()
+    n = x.shape[dim]
+    if n == 0:
+        raise DDNError(f"cannot project along an empty dimension (x.shape[{dim}] = 0)")
+    red_shape = list(x.shape)
+    red_shape[dim] = 1
+    xt = x.movedim(dim, -1)
+    out_shape = xt.shape
+    x2 = xt.reshape(-1, n).contiguous()
+    B = x2.shape[0]
+    if torch.is_tensor(radius):
+        rr = radius.to(dtype=x.dtype, device=x.device)
+        if not bool(torch.isfinite(rr).all() & (rr > 0).all()):
+            raise DDNError("radius must be finite and positive")
+        r = rr.expand(red_shape).movedim(dim, -1).reshape(B)
+    else:
+        radius = float(radius)
+        if not (radius > 0 and radius != INF):
+            raise DDNError(f"radius must be a finite positive number, got {radius}")
+        r = torch.full((B,), radius, dtype=x.dtype, device=x.device)
+    use_kernel = _kernels.usable(x2)
+    if not use_kernel and not bool(torch.isfinite(x2).all()):
+        raise DDNError("x contains NaN or Inf; remove or mask the non-finite values first")
+    y = _ProjectFn.apply(x2, r, p, kind, masked, use_kernel) if B else x2.clone()
+    return y.reshape(out_shape).movedim(-1, dim)
+
+
+def project_sphere(x, p=2, radius=1.0, dim=-1, masked=True):
+    """Nearest point on ``{‖u‖_p = radius}`` to each slice of ``x`` along ``dim``.
+
+    Args:
+        x: tensor, any shape, float32/float64, CPU or CUDA.
+        p: 1, 2 or ``float("inf")``.
+        radius: r > 0, float or tensor broadcastable to ``x`` with ``shape[dim] = 1``
+            (a tensor that requires grad receives ``∂L/∂r``).
+        dim: the projected dimension.
+        masked: gradient on non-smooth faces (module docstring); default True.
+
+    Returns:
+        tensor of ``x.shape``. Paper: §5.2, Table I.
+    """
+    return _project(x, p, radius, dim, "sphere", masked)
+
+
+def project_ball(x, p=2, radius=1.0, dim=-1, masked=True):
+    """Nearest point in ``{‖u‖_p ≤ radius}`` (Eq. 75): ``y = x`` inside, the sphere's outside.
+    Arguments as ``project_sphere``."""
+    return _project(x, p, radius, dim, "ball", masked)
+
+
+def project_simplex(x, radius=1.0, dim=-1):
+    """Nearest point in ``{u ≥ 0, Σu = radius}``: ``y = max(x − τ, 0)``. Arguments as
+    ``project_sphere``."""
+    return _project(x, 2, radius, dim, "simplex", True)
+
+
+class _Projection(torch.nn.Module):
+    def __init__(self, p=2, radius=1.0, dim=-1, masked=True, learn_radius=False):
+        super().__init__()
+        if p not in (1, 2, INF):
+            raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}")
+        self.p, self.dim, self.masked = p, dim, masked
+        r = torch.as_tensor(radius, dtype=torch.get_default_dtype())
+        if not bool(torch.isfinite(r).all() & (r > 0).all()):
+            raise DDNError("radius must be finite and positive")
+        if learn_radius:
+            self.log_radius = torch.nn.Parameter(r.log())
+        else:
+            self.register_buffer("_radius", r)
+
+    @property
+    def radius(self):
+        return self.log_radius.exp() if hasattr(self, "log_radius") else self._radius
+
+    def extra_repr(self):
+        return f"p={self.p}, dim={self.dim}, masked={self.masked}"
+
+
+class SphereProjection(_Projection):
+    """Module form of ``project_sphere``; ``learn_radius`` makes r a parameter (as log r)."""
+
+    def forward(self, x):
+        return project_sphere(x, self.p, self.radius, self.dim, self.masked)
+
+
+class BallProjection(_Projection):
+    """Module form of ``project_ball``; ``learn_radius`` makes r a parameter (as log r)."""
+
+    def forward(self, x):
+        return project_ball(x, self.p, self.radius, self.dim, self.masked)
+
+
+class SimplexProjection(_Projection):
+    """Module form of ``project_simplex``."""
+
+    def __init__(self, radius=1.0, dim=-1, learn_radius=False):
+        super().__init__(2, radius, dim, True, learn_radius)
+
+    def forward(self, x):
+        return project_simplex(x, self.radius, self.dim)

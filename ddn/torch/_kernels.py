@@ -1,0 +1,4 @@
+"""(kernel being written)"""
+ENABLED = False
+def usable(x):
+    return False
