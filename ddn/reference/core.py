@@ -1,2 +1,789 @@
-"""(being written)"""
-__all__ = []
+"""Declarative nodes in numpy + autograd: the ground truth of ddn.
+
+A declarative node outputs y(x) ∈ argmin_{u ∈ C(x)} f(x, u). The user writes the objective
+(and constraints) with ``autograd.numpy``; the node solves the problem (or calls the user's
+``solve``) and differentiates the solution by the implicit function theorem:
+
+    first-order conditions  D_Y L(x, y, λ) = 0,  h̃(x, y) = 0,   L = f − λᵀh̃
+    ⇒ vᵀ Dy  = −uᵀB − μᵀC,  with  B = D²_XY L,  C = D_X h̃  and (u, μ) from one solve with
+      H = D²_YY L  and  A = D_Y h̃                                        (:func:`implicit_vjp`)
+
+Shapes: x (n,), y (m,), v (m,), Dy (m, n), p equality and q inequality constraints; h̃ stacks the
+equality constraints and the active inequality constraints (p̃ rows). Every node is built with its
+sizes, ``Node(n, m, **options)``, and has ``solve(x) -> (y, ctx)``, ``objective(x, y) -> float``,
+``jacobian(x, y=None, ctx=None) -> (m, n)`` and ``vjp(x, v, y=None, ctx=None) -> (n,)``.
+``vjp`` never forms Dy. Passing ``y`` (and ``ctx``) makes the backward pass use exactly the
+forward pass's solution; without it the node solves again.
+
+Options shared by all nodes (chosen explicitly, never silently):
+``singular="error"|"pinv"|"proximal"`` with ``proximal_delta`` (singular H, Sec. 4.7.4) and, for
+constrained nodes, ``nonregular="error"|"lstsq"|"drop"|"pinv"`` (Sec. 4.7.3).
+Failures raise :class:`ddn.DDNError`: NaN/Inf or wrongly shaped input, singular H or non-regular
+constraints with no remedy chosen, infeasible constraints, a solver that does not converge.
+Degenerate but usable points warn with :class:`ddn.DDNWarning`: a weakly active inequality
+(one-sided gradient) or an active inequality whose multiplier has the wrong sign.
+
+Reference: Gould, Hartley, Campbell, "Deep Declarative Networks", TPAMI 2021, Sec. 4.
+"""
+import warnings
+from dataclasses import dataclass, field
+
+import autograd.numpy as anp
+import numpy as np
+from autograd import grad, jacobian
+
+from .. import DDNError, DDNWarning
+from ._linalg import (NONREGULAR_MODES, SINGULAR_MODES, ConstraintSolve, HessianSolve,
+                      check_mode, condition_number, matrix_rank)
+from ._solvers import constrained_solve, feasibility_solve, newton_solve, quiet
+
+__all__ = [
+    "DeclarativeNode", "EqConstrainedNode", "IneqConstrainedNode", "LinEqConstrainedNode",
+    "FixedEqConstrainedNode", "FeasibilityNode", "ImperativeNode", "ComposedNode",
+    "Optimality", "implicit_vjp", "prop_4_4_jacobian", "prop_4_5_jacobian",
+    "cor_4_7_jacobian", "cor_4_9_jacobian", "feasibility_jacobian",
+    "upper_gradient", "shortcut_gradient",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The implicit-function step
+# ----------------------------------------------------------------------------------------------
+def implicit_vjp(v, H, pullback, A=None, *, singular="error", proximal_delta=1e-6,
+                 nonregular="error"):
+    """vᵀ Dy(x) by the implicit function theorem, without forming Dy (Sec. 6.1).
+
+    Solve with H, then pull the result back through the first-order conditions:
+
+    - unconstrained (Prop. 4.4, Dy = −H⁻¹B): solve Hᵀw = v; vᵀDy = −wᵀB = −pullback(w, ∅).
+    - constrained (Prop. 4.5, A = D_Y h̃ of full row rank): w = H⁻ᵀv,
+      μ = (A H⁻¹ Aᵀ)⁻ᵀ A w, u = H⁻ᵀ(v − Aᵀμ); vᵀDy = −uᵀB − μᵀC = −pullback(u, μ).
+    - constraints only (H is None, feasibility Eq. 46, A Dy = −C): Aᵀμ = v; vᵀDy = −μᵀC.
+
+    ``pullback(u, μ)`` must return D_X[uᵀ D_Y L(x, y, λ)ᵀ + μᵀ h̃(x, y)] at fixed y and λ, an
+    (n,) vector (``μ`` is empty when there are no constraints): one vector–Jacobian product of
+    the first-order conditions with respect to x, e.g. ``autograd.grad`` of that scalar.
+
+    Args:
+        v: (m,) incoming gradient.
+        H: (m, m) H = D²_YY L, or None for a feasibility problem.
+        pullback: callable (u (m,), μ (p̃,)) -> (n,).
+        A: (p̃, m) A = D_Y h̃ of the equality and active inequality constraints, or None.
+        singular, proximal_delta: what to do when H is singular (see ``HessianSolve``).
+        nonregular: what to do when A is not of full row rank (see ``ConstraintSolve``).
+    Returns:
+        (n,) array vᵀ Dy.
+    """
+    v = np.asarray(v, dtype=float)
+    m = v.shape[0]
+    if A is None or A.shape[0] == 0:
+        Hs = HessianSolve(H, singular, proximal_delta)
+        w = Hs.solve(v, trans=True)  # Hᵀ w = v
+        return -pullback(w, np.zeros(0))  # vᵀDy = −wᵀB
+    cs = ConstraintSolve(A, nonregular)
+    if H is None or cs.pinned:  # the constraints alone fix y: A Dy = −C
+        mu = _solve_transpose_constraints(cs, v)  # Aᵀ μ = v
+        return -pullback(np.zeros(m), mu)
+    Hs = HessianSolve(H, singular, proximal_delta)
+    Ak = A[cs.keep]  # A = D_Y h̃ (independent rows)
+    w = Hs.solve(v, trans=True)  # w = H⁻ᵀ v
+    S = Ak @ Hs.solve(Ak.T)  # S = A H⁻¹ Aᵀ
+    mu_k = _solve_small(S.T, Ak @ w, pinv=cs.mode == "pinv")  # Sᵀ μ = A w
+    u = w - Hs.solve(Ak.T @ mu_k, trans=True)  # u = H⁻ᵀ (v − Aᵀ μ)
+    mu = np.zeros(A.shape[0])
+    mu[cs.keep] = mu_k
+    return -pullback(u, mu)  # vᵀDy = −uᵀB − μᵀC
+
+
+def _solve_small(S, rhs, pinv=False):
+    """S⁻¹ rhs for the small p̃ × p̃ Schur complement (or S⁺ rhs)."""
+    if pinv:
+        return np.linalg.pinv(S, rcond=1e-12) @ rhs
+    if condition_number(S) > 1e12:
+        raise DDNError("A H⁻¹ Aᵀ is singular: H is not invertible on the constraints "
+                       "(Prop. 4.5 needs it). Choose singular='proximal' or nonregular='pinv'.")
+    return np.linalg.solve(S, rhs)
+
+
+def _solve_transpose_constraints(cs, v):
+    """μ with Aᵀμ = v when the constraints alone fix y (feasibility, or pinned by lstsq)."""
+    A = cs.A
+    if cs.rank < cs.m:
+        if cs.mode != "pinv":
+            raise DDNError(
+                f"y is not isolated: the {cs.p} active constraints have rank {cs.rank} < m = "
+                f"{cs.m}, so D_Y h̃ Dy = −D_X h̃ has many solutions. Add constraints, or choose "
+                "nonregular='pinv' for the minimum-norm Dy (Sec. 4.7.1).")
+        return np.linalg.pinv(A.T, rcond=1e-12) @ v
+    if cs.mode == "drop":
+        mu = np.zeros(cs.p)
+        mu[cs.keep] = np.linalg.solve(A[cs.keep].T, v)
+        return mu
+    return np.linalg.lstsq(A.T, v, rcond=None)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The propositions, as full Jacobians (teaching and testing; nodes' vjp uses implicit_vjp)
+# ----------------------------------------------------------------------------------------------
+def prop_4_4_jacobian(H, B, *, singular="error", proximal_delta=1e-6):
+    """Prop. 4.4 (unconstrained): Dy = −H⁻¹B with H = D²_YY f (m, m), B = D²_XY f (m, n)."""
+    return -HessianSolve(H, singular, proximal_delta).solve(B)
+
+
+def prop_4_5_jacobian(H, A, B, C, *, singular="error", proximal_delta=1e-6, nonregular="error"):
+    """Prop. 4.5 (equality constrained, also Prop. 4.6 with the active set stacked into h̃):
+
+        Dy = H⁻¹Aᵀ (A H⁻¹ Aᵀ)⁻¹ (A H⁻¹ B − C) − H⁻¹ B
+
+    with H = D²_YY L (m, m), A = D_Y h̃ (p̃, m), B = D²_XY L (m, n), C = D_X h̃ (p̃, n),
+    L = f − λᵀh̃. Non-regular A follows ``nonregular`` (Sec. 4.7.3).
+    """
+    cs = ConstraintSolve(A, nonregular)
+    if cs.pinned:  # rank A = m < p̃: y is fixed by the constraints, Dy = −A⁺C
+        return -np.linalg.lstsq(A, C, rcond=None)[0]
+    Ak, Ck = A[cs.keep], C[cs.keep]
+    Hs = HessianSolve(H, singular, proximal_delta)
+    HiAT, HiB = Hs.solve(Ak.T), Hs.solve(B)  # H⁻¹Aᵀ, H⁻¹B
+    S = Ak @ HiAT  # A H⁻¹ Aᵀ
+    return HiAT @ _solve_small(S, Ak @ HiB - Ck, pinv=cs.mode == "pinv") - HiB
+
+
+def cor_4_7_jacobian(H, a, B, *, singular="error", proximal_delta=1e-6):
+    """Cor. 4.7 (one fixed equality constraint h(y) = 0):
+
+        Dy = ( H⁻¹ a aᵀ H⁻¹ / (aᵀ H⁻¹ a) − H⁻¹ ) B
+
+    with a = D_Y h(y)ᵀ (m,), H = D²_YY f − λ D²_YY h (m, m), B = D²_XY f (m, n).
+    """
+    Hs = HessianSolve(H, singular, proximal_delta)
+    Hia, HiB = Hs.solve(a), Hs.solve(B)  # H⁻¹a, H⁻¹B
+    aHia = float(a @ Hia)
+    if abs(aHia) <= 1e-12 * max(1.0, float(np.abs(a) @ np.abs(Hia))):
+        raise DDNError("aᵀH⁻¹a = 0 in Cor. 4.7: D_Y h = 0 at y (is the constraint a sum of "
+                       "squares?) or H is singular on its normal; keep the constraints separate.")
+    return np.outer(Hia, a @ HiB) / aHia - HiB
+
+
+def cor_4_9_jacobian(H, A, B, *, singular="error", proximal_delta=1e-6, nonregular="error"):
+    """Cor. 4.9 (fixed linear equality constraints Au = b, A (p, m) of full row rank):
+
+        Dy = ( H⁻¹Aᵀ (A H⁻¹ Aᵀ)⁻¹ A H⁻¹ − H⁻¹ ) B,   H = D²_YY f, B = D²_XY f.
+    """
+    C = np.zeros((A.shape[0], B.shape[1]))
+    return prop_4_5_jacobian(H, A, B, C, singular=singular, proximal_delta=proximal_delta,
+                             nonregular=nonregular)
+
+
+def feasibility_jacobian(A, C, *, nonregular="error"):
+    """Feasibility (Sec. 4.7.1, Eq. 46): D_Y h̃ · Dy = −D_X h̃, i.e. Dy = −A⁻¹C with
+    A = D_Y h̃ (p̃, m) and C = D_X h̃ (p̃, n); unique when A is square and invertible. Otherwise
+    least squares (p̃ > m) or the minimum-norm solution (nonregular='pinv')."""
+    cs = ConstraintSolve(A, nonregular)
+    if cs.rank < cs.m:
+        if cs.mode != "pinv":
+            _solve_transpose_constraints(cs, np.zeros(cs.m))  # raises the "not isolated" error
+        return -np.linalg.pinv(A, rcond=1e-12) @ C
+    if cs.mode == "drop":
+        return -np.linalg.solve(A[cs.keep], C[cs.keep])
+    return -np.linalg.lstsq(A, C, rcond=None)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# What a node knows at a solution
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Optimality:
+    """The first-order conditions at (x, y), with everything the backward pass and the checks
+    need. ``H = D²_YY L`` (None for feasibility), ``A = D_Y h̃`` (p̃, m) or None,
+    ``multipliers`` (p + q,) in the order [equality, inequality] with L = f − Σλh (so λ ≤ 0 for
+    active inequalities, 0 for inactive ones), ``active`` the indices of active inequalities,
+    ``weakly_active`` those with λ = 0 (one-sided gradient), ``residual`` the KKT residual."""
+
+    x: np.ndarray
+    y: np.ndarray
+    H: np.ndarray | None
+    A: np.ndarray | None
+    multipliers: np.ndarray
+    active: list = field(default_factory=list)
+    weakly_active: list = field(default_factory=list)
+    residual: float = 0.0
+    cond_H: float = float("nan")
+    rank_A: int = 0
+    rule: str = ""
+    messages: list = field(default_factory=list)
+    pullback: object = None
+    B: object = None  # callable () -> (m, n) D²_XY L
+    C: object = None  # callable () -> (p̃, n) D_X h̃
+
+    @property
+    def n_active(self):
+        """Rows of h̃: equality constraints plus active inequality constraints."""
+        return 0 if self.A is None else int(self.A.shape[0])
+
+    @property
+    def one_sided(self):
+        """True when some active inequality has a zero multiplier: Dy is one-sided there."""
+        return bool(self.weakly_active)
+
+
+# ----------------------------------------------------------------------------------------------
+# Nodes
+# ----------------------------------------------------------------------------------------------
+class DeclarativeNode:
+    """Unconstrained declarative node, y(x) ∈ argmin_u f(x, u)                     (Prop. 4.4)
+
+        D_Y f(x, y) = 0  ⇒  Dy = −H⁻¹B,   H = D²_YY f (m, m),  B = D²_XY f (m, n).
+
+    Subclass and implement ``objective(x, y)`` with ``autograd.numpy``; optionally
+    ``initial_guess(x)`` (default zeros) or your own ``solve(x) -> (y, ctx)`` (default: damped
+    Newton with line search, DDNError when it does not converge).
+
+    Args:
+        n, m: sizes of x and y.
+        tol: solver tolerance (gradient/KKT residual, relative to 1 + ‖D_Y f‖∞).
+        max_iter: solver iterations.
+        singular: "error" (default) | "pinv" | "proximal" — singular H (Sec. 4.7.4).
+        proximal_delta: δ of the proximal remedy H + δI.
+    """
+
+    floor = "reference"
+    rule = "Prop. 4.4"
+
+    def __init__(self, n, m, *, tol=1e-10, max_iter=100, singular="error", proximal_delta=1e-6):
+        if not (int(n) == n and n >= 1 and int(m) == m and m >= 1):
+            raise DDNError(f"node sizes must be positive integers, got n={n!r}, m={m!r}.")
+        self.n, self.m = int(n), int(m)
+        self.tol, self.max_iter = float(tol), int(max_iter)
+        self.singular = check_mode("singular", singular, SINGULAR_MODES)
+        self.proximal_delta = float(proximal_delta)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(n={self.n}, m={self.m})"
+
+    # -- the problem ---------------------------------------------------------------------------
+    def objective(self, x, y):
+        """f(x, y), a float; written with autograd.numpy so that it can be differentiated."""
+        raise NotImplementedError(f"{type(self).__name__} must implement objective(x, y)")
+
+    def initial_guess(self, x):
+        """Starting point of the default solver, (m,)."""
+        return np.zeros(self.m)
+
+    def solve(self, x):
+        """y(x) and a ctx dict (default: damped Newton, see ``_solvers.newton_solve``)."""
+        return newton_solve(self, self._check_x(x))
+
+    def __call__(self, x):
+        return self.solve(x)[0]
+
+    # -- constraints (none here; subclasses add them) -------------------------------------------
+    def _eq(self, x, y):
+        return anp.zeros(0)
+
+    def _ineq(self, x, y):
+        return anp.zeros(0)
+
+    def num_constraints(self, x, y):
+        """(p, q): numbers of equality and inequality constraints."""
+        return 0, 0
+
+    constraints_depend_on_x = True
+
+    # -- checking ------------------------------------------------------------------------------
+    def _check_x(self, x):
+        return _check_vector(x, self.n, "x")
+
+    def _check_y(self, y):
+        return _check_vector(y, self.m, "y")
+
+    def _solution(self, x, y, ctx):
+        x = self._check_x(x)
+        if y is None:
+            y, ctx = self.solve(x)
+        return x, self._check_y(y), dict(ctx or {})
+
+    # -- first-order conditions ---------------------------------------------------------------
+    def active_constraints(self, x, y, active):
+        """h̃(x, y): equality constraints then the active inequalities (autograd-traceable)."""
+        parts = [self._eq(x, y)]
+        if len(active):
+            parts.append(self._ineq(x, y)[np.asarray(active, dtype=int)])
+        return anp.concatenate(parts)
+
+    def active_constraints_np(self, x, y, active):
+        return np.asarray(self.active_constraints(x, y, active), dtype=float)
+
+    def active_jacobian(self, x, y, active):
+        """A = D_Y h̃ (p̃, m)."""
+        if np.size(self.active_constraints(x, y, active)) == 0:
+            return np.zeros((0, self.m))
+        A = quiet(jacobian(lambda u: self.active_constraints(x, u, active)), y)
+        return np.asarray(A, dtype=float).reshape(-1, self.m)
+
+    def lagrangian(self, x, y, lam, active=()):
+        """L(x, y, λ) = f(x, y) − λᵀ h̃(x, y) (Eq. 23)."""
+        f = self.objective(x, y)
+        if len(lam) == 0:
+            return f
+        return f - anp.dot(lam, self.active_constraints(x, y, active))
+
+    def lagrangian_hessian(self, x, y, lam, active=()):
+        """H = D²_YY L (m, m)."""
+        dL = grad(lambda u: self.lagrangian(x, u, lam, active))
+        return np.asarray(quiet(jacobian(dL), y), dtype=float).reshape(self.m, self.m)
+
+    def violation(self, x, y):
+        """max(|h|, max(g, 0)): 0 when y is feasible."""
+        h, g = np.asarray(self._eq(x, y)), np.asarray(self._ineq(x, y))
+        return float(max(np.max(np.abs(h), initial=0.0), np.max(g, initial=0.0)))
+
+    def _active_tol(self, residual=0.0):
+        """Tolerance for g_i ≥ −tol to count as active: tied to the solver's accuracy."""
+        return max(100.0 * self.tol, 10.0 * float(residual))
+
+    def kkt_residual(self, x, y, multipliers=None, residual=0.0):
+        """KKT residual at (x, y): max of |D_Y f − Aᵀλ|, |h|, max(g, 0), for the active set
+        {i: g_i ≥ −tol}; multipliers by least squares λᵀA = D_Y f (Eq. 32) unless given."""
+        p, q = self.num_constraints(x, y)
+        g = np.asarray(self._ineq(x, y), dtype=float).reshape(q)
+        active = list(np.flatnonzero(g >= -self._active_tol(residual)))
+        grad_f = np.asarray(quiet(grad(lambda u: self.objective(x, u)), y), dtype=float)
+        grad_f = grad_f.reshape(self.m)
+        A = self.active_jacobian(x, y, active) if p + len(active) else np.zeros((0, self.m))
+        if multipliers is None:
+            lam = np.linalg.lstsq(A.T, grad_f, rcond=None)[0] if A.shape[0] else np.zeros(0)
+        else:
+            lam = np.concatenate([multipliers[:p], multipliers[p:][active]])
+        full = np.zeros(p + q)
+        full[:p], full[p + np.asarray(active, dtype=int)] = lam[:p], lam[p:]
+        stat = grad_f - A.T @ lam
+        res = max(np.max(np.abs(stat), initial=0.0), self.violation(x, y))
+        tol = self.tol * (1.0 + np.max(np.abs(grad_f), initial=0.0))
+        return {"residual": float(res), "tol": float(tol), "multipliers": full,
+                "active": active, "lam_active": lam, "grad_f": grad_f}
+
+    def optimality(self, x, y=None, ctx=None):
+        """The first-order conditions at the solution, as an :class:`Optimality`."""
+        x, y, ctx = self._solution(x, y, ctx)
+        H = self.lagrangian_hessian(x, y, np.zeros(0))  # H = D²_YY f
+        res = self.kkt_residual(x, y)["residual"]
+        dfy = grad(lambda xx, u: self.objective(xx, u), 1)
+        return Optimality(
+            x=x, y=y, H=H, A=None, multipliers=np.zeros(0), residual=res,
+            cond_H=condition_number(H), rule=self.rule,
+            pullback=lambda u, mu: _x_grad(lambda xx: anp.dot(u, dfy(xx, y)), x),
+            B=lambda: _x_jac(lambda xx: dfy(xx, y), x, self.m))  # B = D²_XY f
+
+    # -- backward ------------------------------------------------------------------------------
+    def jacobian(self, x, y=None, ctx=None):
+        """Dy(x), (m, n), by this node's proposition (solves first when y is None)."""
+        return self._jacobian_rule(self.optimality(x, y, ctx))
+
+    def _jacobian_rule(self, opt):
+        return prop_4_4_jacobian(opt.H, opt.B(), singular=self.singular,
+                                 proximal_delta=self.proximal_delta)
+
+    def vjp(self, x, v, y=None, ctx=None):
+        """vᵀ Dy(x), (n,), by :func:`implicit_vjp` (one solve with H, one VJP in x)."""
+        v = _check_vector(v, self.m, "v")
+        opt = self.optimality(x, y, ctx)
+        return implicit_vjp(v, opt.H, opt.pullback, opt.A, singular=self.singular,
+                            proximal_delta=self.proximal_delta,
+                            nonregular=getattr(self, "nonregular", "error"))
+
+
+class EqConstrainedNode(DeclarativeNode):
+    """Equality-constrained node, y(x) ∈ argmin_u f(x, u) s.t. h(x, u) = 0          (Prop. 4.5)
+
+        L = f − λᵀh,  A = D_Y h (p, m),  B = D²_XY L,  C = D_X h,  H = D²_YY L
+        Dy = H⁻¹Aᵀ (A H⁻¹ Aᵀ)⁻¹ (A H⁻¹ B − C) − H⁻¹ B
+
+    Implement ``objective(x, y)`` and ``equality_constraints(x, y) -> (p,)``. Multipliers come
+    from the solver's ``ctx["multipliers"]`` when present, else from λᵀA = D_Y f (Eq. 32). The
+    default solver is ``scipy.optimize.minimize`` (``method="SLSQP"`` or "trust-constr") polished
+    by Newton on the KKT system; it raises DDNError for infeasible or non-converged problems.
+
+    Extra args: nonregular ("error" | "lstsq" | "drop" | "pinv", Sec. 4.7.3), method,
+    feas_tol (largest constraint violation accepted from the solver).
+    """
+
+    rule = "Prop. 4.5"
+
+    def __init__(self, n, m, *, nonregular="error", method="SLSQP", feas_tol=1e-8, **kw):
+        super().__init__(n, m, **kw)
+        self.nonregular = check_mode("nonregular", nonregular, NONREGULAR_MODES)
+        self.method = check_mode("method", method, ("SLSQP", "trust-constr"))
+        self.feas_tol = float(feas_tol)
+
+    def equality_constraints(self, x, y):
+        """h(x, y), (p,) (or a scalar when p = 1); autograd-traceable."""
+        raise NotImplementedError(f"{type(self).__name__} must implement "
+                                  "equality_constraints(x, y)")
+
+    def inequality_constraints(self, x, y):
+        return None
+
+    def _eq(self, x, y):
+        h = self.equality_constraints(x, y)
+        return anp.zeros(0) if h is None else anp.reshape(h, (-1,))
+
+    def _ineq(self, x, y):
+        g = self.inequality_constraints(x, y)
+        return anp.zeros(0) if g is None else anp.reshape(g, (-1,))
+
+    def num_constraints(self, x, y):
+        return int(np.size(self._eq(x, y))), int(np.size(self._ineq(x, y)))
+
+    def solve(self, x):
+        """y(x) and ctx = {"multipliers", "residual", "active"} (SLSQP + KKT polish)."""
+        return constrained_solve(self, self._check_x(x))
+
+    def _multipliers_from_ctx(self, ctx, p, q):
+        lam = ctx.get("multipliers")
+        if lam is None:
+            return None
+        lam = np.asarray(lam, dtype=float).reshape(-1)
+        if lam.shape != (p + q,) or not np.all(np.isfinite(lam)):
+            raise DDNError(f"ctx['multipliers'] must be a finite ({p + q},) array "
+                           f"[equality, inequality], got shape {lam.shape}.")
+        return lam
+
+    def optimality(self, x, y=None, ctx=None):
+        x, y, ctx = self._solution(x, y, ctx)
+        p, q = self.num_constraints(x, y)
+        kkt = self.kkt_residual(x, y, self._multipliers_from_ctx(ctx, p, q),
+                                ctx.get("residual", 0.0))
+        lam_all, active = kkt["multipliers"], list(kkt["active"])
+        messages = []
+        # Prop. 4.6: signs of the active inequality multipliers (λ ≤ 0 with L = f − Σλh)
+        scale = self._active_tol(ctx.get("residual", 0.0)) * (1 + np.max(np.abs(kkt["grad_f"])))
+        lam_in = lam_all[p:]
+        wrong = [int(i) for i in active if lam_in[i] > scale]
+        weak = [int(i) for i in active if abs(lam_in[i]) <= scale]
+        if wrong:
+            msg = (f"active inequality constraint(s) {wrong} have multipliers λ > 0 "
+                   f"({lam_in[wrong]}): with L = f − Σλh a minimum needs λ ≤ 0, so y is not a "
+                   "KKT point of the minimization; Dy is that of a different problem.")
+            messages.append(msg)
+            warnings.warn(msg, DDNWarning, stacklevel=3)
+        if weak:
+            side = getattr(self, "weakly_active", "constrained")
+            msg = (f"inequality constraint(s) {weak} are weakly active (g = 0 and λ = 0): Dy is "
+                   f"one-sided there; using the {side} side (option weakly_active=).")
+            messages.append(msg)
+            warnings.warn(msg, DDNWarning, stacklevel=3)
+            if side == "unconstrained":
+                active = [i for i in active if i not in weak]
+        lam = np.concatenate([lam_all[:p], lam_in[np.asarray(active, dtype=int)]])
+        H = self.lagrangian_hessian(x, y, lam, active)  # H = D²_YY L
+        A = self.active_jacobian(x, y, active)  # A = D_Y h̃
+        return Optimality(
+            x=x, y=y, H=H, A=A, multipliers=lam_all, active=active, weakly_active=weak,
+            residual=kkt["residual"], cond_H=condition_number(H), rank_A=matrix_rank(A),
+            rule=self.rule, messages=messages, **self._pullbacks(x, y, lam, active))
+
+    def _pullbacks(self, x, y, lam, active):
+        """pullback(u, μ) = D_X[uᵀ D_Y L + μᵀ h̃]; B = D²_XY L; C = D_X h̃."""
+        dLy = grad(lambda xx, u: self.lagrangian(xx, u, lam, active), 1)
+        hx = lambda xx: self.active_constraints(xx, y, active)  # noqa: E731
+        if self.constraints_depend_on_x:
+            pull = lambda u, mu: _x_grad(  # noqa: E731
+                lambda xx: anp.dot(u, dLy(xx, y)) + anp.dot(mu, hx(xx)), x)
+            C = lambda: _x_jac(hx, x, len(lam))  # noqa: E731
+        else:  # C = 0 (Obs. 4.8)
+            pull = lambda u, mu: _x_grad(lambda xx: anp.dot(u, dLy(xx, y)), x)  # noqa: E731
+            C = lambda: np.zeros((len(lam), self.n))  # noqa: E731
+        return {"pullback": pull, "B": lambda: _x_jac(lambda xx: dLy(xx, y), x, self.m), "C": C}
+
+    def _jacobian_rule(self, opt):
+        return prop_4_5_jacobian(opt.H, opt.A, opt.B(), opt.C(), singular=self.singular,
+                                 proximal_delta=self.proximal_delta, nonregular=self.nonregular)
+
+
+class IneqConstrainedNode(EqConstrainedNode):
+    """Equality and inequality constrained node                                  (Prop. 4.6)
+
+        y(x) ∈ argmin_u f(x, u) s.t. h(x, u) = 0 (p), g(x, u) ≤ 0 (q)
+
+    Inactive inequalities (g_i < −tol) are dropped; the equalities and the active inequalities
+    are stacked into h̃ and Prop. 4.5 is applied. ``tol`` for "active" is tied to the solver's
+    accuracy (max(100·tol, 10·ctx["residual"])). The active multipliers must satisfy λ ≤ 0
+    (L = f − Σλh); a positive one warns (DDNWarning). An active constraint with λ = 0 is *weakly
+    active*: Dy is one-sided, the node warns (DDNWarning) and lists it in
+    ``optimality(...).weakly_active``; ``weakly_active="constrained"`` (default: treat it as
+    active, like ReLU's 0 gradient at 0) or ``"unconstrained"`` (drop it) picks the side.
+
+    Implement ``objective``, ``inequality_constraints(x, y) -> (q,)`` and optionally
+    ``equality_constraints(x, y) -> (p,)``. ``ctx["multipliers"]`` is (p + q,), equality first.
+    """
+
+    rule = "Prop. 4.6"
+
+    def __init__(self, n, m, *, weakly_active="constrained", **kw):
+        super().__init__(n, m, **kw)
+        self.weakly_active = check_mode("weakly_active", weakly_active,
+                                        ("constrained", "unconstrained"))
+
+    def equality_constraints(self, x, y):
+        return None
+
+    def inequality_constraints(self, x, y):
+        """g(x, y), (q,) (or a scalar when q = 1), meaning g ≤ 0; autograd-traceable."""
+        raise NotImplementedError(f"{type(self).__name__} must implement "
+                                  "inequality_constraints(x, y)")
+
+    def _jacobian_rule(self, opt):
+        if opt.n_active == 0:  # every inequality inactive: the unconstrained rule
+            return prop_4_4_jacobian(opt.H, opt.B(), singular=self.singular,
+                                     proximal_delta=self.proximal_delta)
+        return super()._jacobian_rule(opt)
+
+
+class LinEqConstrainedNode(EqConstrainedNode):
+    """Fixed linear equality constraints, y(x) ∈ argmin_u f(x, u) s.t. A u = b   (Cor. 4.9)
+
+        Dy = ( H⁻¹Aᵀ (A H⁻¹ Aᵀ)⁻¹ A H⁻¹ − H⁻¹ ) B,   H = D²_YY f, B = D²_XY f
+
+    (no multipliers needed: the constraints have no curvature and do not move with x).
+    Implement ``objective`` and ``linear_constraints() -> (A (p, m), b (p,))``.
+    """
+
+    rule = "Cor. 4.9"
+    constraints_depend_on_x = False
+
+    def linear_constraints(self):
+        raise NotImplementedError(f"{type(self).__name__} must implement linear_constraints()")
+
+    def _linear(self):
+        A, b = self.linear_constraints()
+        A = np.atleast_2d(np.asarray(A, dtype=float))
+        b = np.asarray(b, dtype=float).reshape(-1)
+        if A.shape != (b.shape[0], self.m):
+            raise DDNError(f"linear_constraints() must return A (p, {self.m}) and b (p,), got "
+                           f"{A.shape} and {b.shape}.")
+        return A, b
+
+    def equality_constraints(self, x, y):
+        A, b = self._linear()
+        return anp.dot(A, y) - b
+
+    def _jacobian_rule(self, opt):
+        return cor_4_9_jacobian(opt.H, opt.A, opt.B(), singular=self.singular,
+                                proximal_delta=self.proximal_delta, nonregular=self.nonregular)
+
+
+class FixedEqConstrainedNode(EqConstrainedNode):
+    """One fixed equality constraint, y(x) ∈ argmin_u f(x, u) s.t. h(u) = 0        (Cor. 4.7)
+
+        a = D_Y h(y)ᵀ,  H = D²_YY f − λ D²_YY h,  B = D²_XY f
+        Dy = ( H⁻¹ a aᵀ H⁻¹ / (aᵀ H⁻¹ a) − H⁻¹ ) B
+
+    Implement ``objective`` and ``constraint(y) -> scalar`` (independent of x, so y only moves
+    along the surface, A Dy = 0, Obs. 4.8). Keep several constraints separate (use
+    EqConstrainedNode), never merged into Σh_i² = 0: that makes D_Y h = 0.
+    """
+
+    rule = "Cor. 4.7"
+    constraints_depend_on_x = False
+
+    def constraint(self, y):
+        raise NotImplementedError(f"{type(self).__name__} must implement constraint(y)")
+
+    def equality_constraints(self, x, y):
+        return anp.reshape(self.constraint(y), (-1,))
+
+    def _jacobian_rule(self, opt):
+        if opt.A.shape[0] != 1:
+            raise DDNError("FixedEqConstrainedNode.constraint(y) must return one scalar.")
+        return cor_4_7_jacobian(opt.H, opt.A[0], opt.B(), singular=self.singular,
+                                proximal_delta=self.proximal_delta)
+
+
+class FeasibilityNode(EqConstrainedNode):
+    """Feasibility node: find y with h(x, y) = 0 and g(x, y) ≤ 0          (Sec. 4.7.1, Eq. 45–46)
+
+        D_Y h̃ · Dy = −D_X h̃   ⇒   Dy = −A⁻¹C   (A = D_Y h̃ square, p̃ = m)
+
+    There is no objective (it is 0). Implement ``equality_constraints(x, y)`` and optionally
+    ``inequality_constraints(x, y)``; ``initial_guess(x)`` picks which solution the default
+    solver (least squares on the residuals) finds. Fewer than m active constraints: y is not
+    isolated, DDNError (or the minimum-norm Dy with nonregular="pinv").
+    """
+
+    rule = "Eq. 46"
+
+    def objective(self, x, y):
+        return 0.0 * anp.sum(y)
+
+    def inequality_constraints(self, x, y):
+        return None
+
+    def solve(self, x):
+        """y(x), ctx (least squares on [h; max(g, 0)] then Newton polish)."""
+        return feasibility_solve(self, self._check_x(x))
+
+    def optimality(self, x, y=None, ctx=None):
+        x, y, ctx = self._solution(x, y, ctx)
+        p, q = self.num_constraints(x, y)
+        g = np.asarray(self._ineq(x, y), dtype=float).reshape(q)
+        active = list(np.flatnonzero(g >= -self._active_tol(ctx.get("residual", 0.0))))
+        A = self.active_jacobian(x, y, active)  # A = D_Y h̃
+        hx = lambda xx: self.active_constraints(xx, y, active)  # noqa: E731
+        return Optimality(
+            x=x, y=y, H=None, A=A, multipliers=np.zeros(p + q), active=active,
+            residual=self.violation(x, y), rank_A=matrix_rank(A), rule=self.rule,
+            pullback=lambda u, mu: _x_grad(lambda xx: anp.dot(mu, hx(xx)), x),
+            C=lambda: _x_jac(hx, x, A.shape[0]))  # C = D_X h̃
+
+    def _jacobian_rule(self, opt):
+        return feasibility_jacobian(opt.A, opt.C(), nonregular=self.nonregular)
+
+
+class ImperativeNode(DeclarativeNode):
+    """Any explicit layer as a declarative node                                 (Prop. 4.10)
+
+        y(x) = argmin_u ½‖u − f̃(x)‖²  ⇒  H = I, B = −D f̃(x), Dy = D f̃(x)
+
+    Args:
+        fn: f̃, (n,) -> (m,), written with autograd.numpy.
+        n, m: sizes.
+    """
+
+    rule = "Prop. 4.10"
+
+    def __init__(self, fn, n, m, **kw):
+        super().__init__(n, m, **kw)
+        self.fn = fn
+
+    def objective(self, x, y):
+        r = y - anp.reshape(self.fn(x), (-1,))
+        return 0.5 * anp.dot(r, r)
+
+    def solve(self, x):
+        x = self._check_x(x)
+        return _check_vector(np.asarray(self.fn(x), dtype=float).reshape(-1), self.m,
+                             "fn(x)"), {}
+
+
+class ComposedNode:
+    """Nodes in a chain, z₀ = x, z_k = y_k(z_{k−1}), y = z_K                   (Eq. 39–41)
+
+        Dy(x) = Dy_K(z_{K−1}) ⋯ Dy_1(x),   vᵀDy computed right to left: v ← v_kᵀ Dy_k.
+
+    ``solve`` returns ctx = {"stages": [(z_{k-1}, y_k, ctx_k), ...]} so the backward pass reuses
+    every stage's solution. ``objective(x, y)`` is the last node's objective at its input.
+    """
+
+    floor = "reference"
+    rule = "Eq. 41"
+
+    def __init__(self, *nodes):
+        if not nodes:
+            raise DDNError("ComposedNode needs at least one node.")
+        for a, b in zip(nodes, nodes[1:]):
+            if a.m != b.n:
+                raise DDNError(f"cannot compose {a!r} -> {b!r}: output size {a.m} != input "
+                               f"size {b.n}.")
+        self.nodes = nodes
+        self.n, self.m = nodes[0].n, nodes[-1].m
+
+    def __repr__(self):
+        return "ComposedNode(" + ", ".join(map(repr, self.nodes)) + ")"
+
+    def solve(self, x):
+        z = _check_vector(x, self.n, "x")
+        stages = []
+        for node in self.nodes:
+            y, ctx = node.solve(z)
+            stages.append((z, y, ctx))
+            z = y
+        return z, {"stages": stages}
+
+    def __call__(self, x):
+        return self.solve(x)[0]
+
+    def _stages(self, x, y, ctx):
+        if ctx is None or "stages" not in ctx:
+            _, ctx = self.solve(x)
+        return ctx["stages"]
+
+    def objective(self, x, y):
+        z, _, _ = self._stages(x, y, None)[-1]
+        return self.nodes[-1].objective(z, y)
+
+    def jacobian(self, x, y=None, ctx=None):
+        J = np.eye(self.n)
+        for node, (z, yk, ck) in zip(self.nodes, self._stages(x, y, ctx)):
+            J = node.jacobian(z, yk, ck) @ J
+        return J
+
+    def vjp(self, x, v, y=None, ctx=None):
+        v = _check_vector(v, self.m, "v")
+        for node, (z, yk, ck) in reversed(list(zip(self.nodes, self._stages(x, y, ctx)))):
+            v = node.vjp(z, v, yk, ck)
+        return v
+
+
+# ----------------------------------------------------------------------------------------------
+# Bi-level learning
+# ----------------------------------------------------------------------------------------------
+def upper_gradient(J, node, x, y=None, ctx=None):
+    """Total derivative of an upper-level objective J(x, y(x))                (Eq. 10–11)
+
+        dJ/dx = D_X J(x, y) + (D_Y J(x, y)) Dy(x)   — the second term as a vjp.
+
+    Args: J: callable (x, y) -> float (autograd-traceable); node; x (n,); y, ctx from solve.
+    Returns: (n,) array.
+    """
+    x = _check_vector(x, node.n, "x")
+    if y is None:
+        y, ctx = node.solve(x)
+    y = _check_vector(y, node.m, "y")
+    dJx = np.asarray(quiet(grad(J, 0), x, y), dtype=float)
+    dJy = np.asarray(quiet(grad(J, 1), x, y), dtype=float)
+    return dJx + node.vjp(x, dJy, y, ctx)
+
+
+def shortcut_gradient(node, x, y=None):
+    """Eq. 12: when J = f and the lower problem is unconstrained, D_Y f(x, y) = 0 at the
+    optimum, so dJ/dx = D_X f(x, y) — no back-propagation through the node.
+
+    Raises DDNError for constrained nodes (there D_Y f ≠ 0 in general; use upper_gradient).
+    """
+    if isinstance(node, (EqConstrainedNode, ComposedNode)):
+        raise DDNError(f"the Eq. 12 shortcut needs an unconstrained node with J = f; "
+                       f"{type(node).__name__} is not one. Use upper_gradient(J, node, x).")
+    x = _check_vector(x, node.n, "x")
+    if y is None:
+        y, _ = node.solve(x)
+    y = _check_vector(y, node.m, "y")
+    return np.asarray(quiet(grad(node.objective, 0), x, y), dtype=float)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def _check_vector(a, size, name):
+    try:
+        a = np.asarray(a, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise DDNError(f"{name} must be a real array of shape ({size},): {e}") from None
+    if a.ndim == 0 and size == 1:
+        a = a.reshape(1)
+    if a.shape != (size,):
+        raise DDNError(f"{name} must have shape ({size},), got {a.shape}.")
+    if not np.all(np.isfinite(a)):
+        raise DDNError(f"{name} contains NaN or Inf: {a}.")
+    return a
+
+
+def _x_grad(fn, x):
+    """D_X of a scalar function at x, (n,)."""
+    return np.asarray(quiet(grad(fn), x), dtype=float).reshape(x.shape)
+
+
+def _x_jac(fn, x, rows):
+    """D_X of a vector function at x, (rows, n)."""
+    if rows == 0:
+        return np.zeros((0, x.shape[0]))
+    return np.asarray(quiet(jacobian(fn), x), dtype=float).reshape(rows, x.shape[0])

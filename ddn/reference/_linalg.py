@@ -1,0 +1,131 @@
+"""Linear algebra behind the implicit-function step: solves with H = D²_YY L that know what to
+do when H is singular (Sec. 4.7.4), and with the constraint Jacobian A = D_Y h̃ when the point is
+not regular (Sec. 4.7.3). Private: the nodes and :func:`ddn.reference.implicit_vjp` use it.
+"""
+import numpy as np
+import scipy.linalg
+
+from .. import DDNError
+
+SINGULAR_MODES = ("error", "pinv", "proximal")
+NONREGULAR_MODES = ("error", "lstsq", "drop", "pinv")
+
+#: H with a condition number above this is treated as singular.
+COND_MAX = 1e12
+#: relative singular-value threshold for the rank of A.
+RANK_RTOL = 1e-9
+
+
+def check_mode(name, value, allowed):
+    if value not in allowed:
+        raise DDNError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}.")
+    return value
+
+
+def condition_number(H):
+    """2-norm condition number of ``H`` (``inf`` when singular or zero)."""
+    s = np.linalg.svd(np.atleast_2d(H), compute_uv=False)
+    return float(s[0] / s[-1]) if s[-1] > 0 else float("inf")
+
+
+def matrix_rank(A):
+    """Numerical rank of ``A`` with relative tolerance :data:`RANK_RTOL`."""
+    if A is None or A.size == 0:
+        return 0
+    s = np.linalg.svd(A, compute_uv=False)
+    return int(np.sum(s > RANK_RTOL * max(s[0], np.finfo(float).tiny)))
+
+
+def independent_rows(A):
+    """Indices of a maximal set of linearly independent rows of ``A`` (QR with pivoting on Aᵀ),
+    in increasing order."""
+    r = matrix_rank(A)
+    _, _, piv = scipy.linalg.qr(A.T, pivoting=True, mode="economic")
+    return np.sort(piv[:r])
+
+
+class HessianSolve:
+    """Applies H⁻¹ (or its chosen replacement) to vectors and matrices; factor once, reuse.
+
+    singular="error": H must be non-singular (cond(H) ≤ COND_MAX), else DDNError naming the
+        remedies.
+    singular="pinv": H⁺ (Eq. 51/56: −H⁺B is a descent direction, the minimum-norm member of the
+        family −H⁺B + (I − H⁺H)Z).
+    singular="proximal": H + δI, i.e. the proximal term (δ/2)‖u − y‖² added to the objective
+        at the solution (which does not move y).
+    """
+
+    def __init__(self, H, singular="error", proximal_delta=1e-6):
+        check_mode("singular", singular, SINGULAR_MODES)
+        H = np.asarray(H, dtype=float)
+        if not np.all(np.isfinite(H)):
+            raise DDNError("H = D²_YY L contains NaN/Inf: the objective is not twice "
+                           "differentiable at this y (or y is not finite).")
+        self.mode = singular
+        self.cond = condition_number(H)
+        if singular == "proximal":
+            if not proximal_delta > 0:
+                raise DDNError(f"proximal_delta must be > 0, got {proximal_delta!r}.")
+            H = H + proximal_delta * np.eye(H.shape[0])
+        elif self.cond > COND_MAX:
+            if singular == "error":
+                raise DDNError(
+                    f"H = D²_YY L is singular (cond ≈ {self.cond:.3g}): the solution is not "
+                    "isolated and Dy is undefined (Sec. 4.7.4). Choose a remedy: "
+                    "singular='pinv' (pseudo-inverse, minimum-norm descent direction, Eq. 51), "
+                    "singular='proximal' with proximal_delta=δ (H + δI), or reparametrize / "
+                    "add constraints so that y is isolated (e.g. normalize it, Eq. 55).")
+        self.H = H
+        if singular == "pinv":
+            self._pinv = np.linalg.pinv(H, rcond=1.0 / COND_MAX)
+        else:
+            self._lu = scipy.linalg.lu_factor(H, check_finite=False)
+
+    def solve(self, rhs, trans=False):
+        """H⁻¹ rhs (``trans=True``: H⁻ᵀ rhs); rhs of shape (m,) or (m, k)."""
+        if self.mode == "pinv" and self.cond > 0:
+            P = self._pinv.T if trans else self._pinv
+            return P @ rhs
+        return scipy.linalg.lu_solve(self._lu, rhs, trans=1 if trans else 0, check_finite=False)
+
+
+class ConstraintSolve:
+    """Solves with a constraint Jacobian A (p × m) or its Schur complement S = A H⁻¹ Aᵀ, following
+    the choice made for non-regular points (Sec. 4.7.3).
+
+    A regular point has rank A = p ≤ m. Otherwise:
+    nonregular="error": DDNError naming the remedies.
+    nonregular="lstsq": A has full column rank (p > m = rank A, overdetermined): y is pinned by
+        the constraints alone and Dy = −A⁺C, with multipliers by least squares.
+    nonregular="drop": keep a maximal set of independent rows (λ = 0 on the dropped ones).
+    nonregular="pinv": replace inverses by pseudo-inverses.
+    """
+
+    def __init__(self, A, nonregular="error"):
+        check_mode("nonregular", nonregular, NONREGULAR_MODES)
+        self.A = A
+        self.p, self.m = A.shape
+        self.rank = matrix_rank(A)
+        self.regular = self.rank == self.p
+        self.mode = "regular" if self.regular else nonregular
+        self.keep = np.arange(self.p)
+        if self.regular:
+            return
+        if nonregular == "error":
+            raise DDNError(
+                f"the active constraints are not regular at y (Def. 4.3): D_Y h̃ is {self.p}×"
+                f"{self.m} with rank {self.rank}. Choose a remedy (Sec. 4.7.3): "
+                "nonregular='lstsq' (overdetermined, full column rank), nonregular='drop' "
+                "(drop linearly dependent rows) or nonregular='pinv' (pseudo-inverse).")
+        if nonregular == "lstsq" and self.rank < self.m:
+            raise DDNError(
+                f"nonregular='lstsq' needs D_Y h̃ of full column rank (rank {self.rank} < m = "
+                f"{self.m}); use nonregular='drop' or nonregular='pinv' for rank-deficient "
+                "constraints.")
+        if nonregular == "drop":
+            self.keep = independent_rows(A)
+
+    @property
+    def pinned(self):
+        """True when the constraints alone fix y (rank A = m and least squares chosen)."""
+        return self.mode == "lstsq"

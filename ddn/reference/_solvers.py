@@ -1,0 +1,188 @@
+"""Default forward solvers, so that a user writes only the objective and the constraints.
+
+- :func:`newton_solve`: damped Newton with a backtracking (Armijo) line search, for small
+  unconstrained problems.
+- :func:`constrained_solve`: ``scipy.optimize.minimize`` (SLSQP by default, or trust-constr),
+  then a few Newton steps on the KKT system of the active constraints, which takes the answer
+  to machine precision (finite-difference checks of Dy need that) and gives the multipliers.
+- :func:`feasibility_solve`: least squares on the constraint residuals.
+
+All raise :class:`ddn.DDNError` when they fail: infeasible constraints, or no convergence (the
+message gives the residual and what to try). Private: nodes call these from ``solve``.
+"""
+import warnings
+
+import autograd.numpy as anp
+import numpy as np
+import scipy.optimize
+from autograd import grad, hessian, jacobian
+
+from .. import DDNError
+
+_QUIET = "Output seems independent of input"
+
+
+def quiet(fn, *args):
+    """Call an autograd-transformed ``fn`` without autograd's 'independent of input' warning
+    (a zero derivative is a legitimate answer here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_QUIET)
+        return fn(*args)
+
+
+def newton_solve(node, x):
+    """Minimize ``node.objective(x, ·)`` from ``node.initial_guess(x)`` by damped Newton.
+
+    Step: (H + τI) d = −∇f with the smallest τ ≥ 0 that makes the matrix positive definite,
+    then backtrack until f decreases (Armijo). Converged when ‖∇_Y f‖∞ ≤ tol·(1 + ‖∇_Y f(y₀)‖∞).
+
+    Returns (y, ctx) with ctx = {"iterations", "residual"}; raises DDNError when it does not
+    converge in ``node.max_iter`` iterations.
+    """
+    f = lambda u: node.objective(x, u)  # noqa: E731
+    g, Hf = grad(f), hessian(f)
+    y = np.array(node.initial_guess(x), dtype=float).reshape(node.m)
+    fy, gy = float(f(y)), quiet(g, y)
+    gtol = node.tol * (1.0 + np.max(np.abs(gy)))
+    for it in range(node.max_iter):
+        if not np.all(np.isfinite(gy)) or not np.isfinite(fy):
+            break
+        if np.max(np.abs(gy)) <= gtol:
+            return y, {"iterations": it, "residual": float(np.max(np.abs(gy)))}
+        H = quiet(Hf, y).reshape(node.m, node.m)
+        H = 0.5 * (H + H.T)
+        d = _descent_direction(H, gy)
+        t, slope = 1.0, float(gy @ d)
+        while t > 1e-12 and not float(f(y + t * d)) <= fy + 1e-4 * t * slope:
+            t *= 0.5
+        if t <= 1e-12:  # no decrease left in f: accept a step only if it shrinks the gradient
+            g_new = quiet(g, y + d)
+            if np.max(np.abs(g_new)) < np.max(np.abs(gy)):
+                t = 1.0
+            else:
+                break
+        y = y + t * d
+        fy, gy = float(f(y)), quiet(g, y)
+    res = float(np.max(np.abs(gy)))
+    if res <= gtol:
+        return y, {"iterations": node.max_iter, "residual": res}
+    raise DDNError(
+        f"{type(node).__name__}.solve: Newton did not converge in {node.max_iter} iterations "
+        f"(‖∇_Y f‖∞ = {res:.3g} > {gtol:.3g}). Give a better initial_guess(x), raise max_iter, "
+        "or override solve(x).")
+
+
+def _descent_direction(H, g):
+    """d = −(H + τI)⁻¹ g with the smallest τ in {0, 1e-8·s, 1e-6·s, …} making H + τI positive
+    definite (s = max(1, ‖H‖))."""
+    m = H.shape[0]
+    s = max(1.0, float(np.max(np.abs(H))))
+    for tau in (0.0, *(s * 10.0 ** k for k in range(-8, 4))):
+        try:
+            L = np.linalg.cholesky(H + tau * np.eye(m))
+        except np.linalg.LinAlgError:
+            continue
+        return -np.linalg.solve(L.T, np.linalg.solve(L, g))
+    return -g
+
+
+def constrained_solve(node, x):
+    """Minimize ``node.objective(x, ·)`` subject to the node's constraints.
+
+    ``scipy.optimize.minimize`` (``node.method``: "SLSQP" or "trust-constr") from
+    ``node.initial_guess(x)``, then Newton on the KKT conditions of the active set
+    [∇_Y f − Aᵀλ; h̃] = 0 (a polish to machine precision).
+
+    Returns (y, ctx) with ctx = {"multipliers": (p + q,), "residual", "active"}; raises DDNError
+    if no feasible point is found (constraint set empty for this x) or if the KKT residual stays
+    above tolerance.
+    """
+    f = lambda u: node.objective(x, u)  # noqa: E731
+    y0 = np.array(node.initial_guess(x), dtype=float).reshape(node.m)
+    cons = []
+    p, q = node.num_constraints(x, y0)
+    if p:
+        heq = lambda u: node._eq(x, u)  # noqa: E731
+        cons.append({"type": "eq", "fun": heq, "jac": jacobian(heq)})
+    if q:
+        neg_g = lambda u: -node._ineq(x, u)  # noqa: E731  scipy wants c(u) >= 0
+        cons.append({"type": "ineq", "fun": neg_g, "jac": jacobian(neg_g)})
+    opts = {"maxiter": node.max_iter}
+    if node.method == "SLSQP":
+        opts["ftol"] = 1e-15
+    else:
+        opts.update(gtol=1e-12, xtol=1e-14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's own chatter; we check the result ourselves
+        res = scipy.optimize.minimize(lambda u: float(f(u)), y0, jac=grad(f),
+                                      method=node.method, constraints=cons, options=opts)
+    y = np.asarray(res.x, dtype=float)
+    viol = node.violation(x, y) if np.all(np.isfinite(y)) else np.inf
+    if not viol <= node.feas_tol:
+        raise DDNError(
+            f"{type(node).__name__}.solve: no feasible point found (max constraint violation "
+            f"{viol:.3g} > {node.feas_tol:.3g}; {node.method}: {res.message!s}). The constraint "
+            "set may be empty for this x: check the constraints, or give an initial_guess(x) / "
+            "your own solve(x).")
+    y = polish_kkt(node, x, y)
+    return _finish(node, x, y, res.message)
+
+
+def feasibility_solve(node, x):
+    """Find u with h(x, u) = 0 and g(x, u) ≤ 0 by least squares on [h; max(g, 0)] from
+    ``node.initial_guess(x)``, then polish by Newton on the active constraints."""
+    y0 = np.array(node.initial_guess(x), dtype=float).reshape(node.m)
+
+    def r(u):
+        parts = [node._eq(x, u)]
+        if node.num_constraints(x, u)[1]:
+            parts.append(anp.maximum(node._ineq(x, u), 0.0))
+        return anp.concatenate(parts)
+
+    res = scipy.optimize.least_squares(r, y0, jac=jacobian(r), xtol=1e-15, ftol=1e-15,
+                                       gtol=1e-15, max_nfev=50 * node.max_iter)
+    y = polish_kkt(node, x, np.asarray(res.x, dtype=float))
+    viol = node.violation(x, y)
+    if not viol <= node.feas_tol:
+        raise DDNError(
+            f"{type(node).__name__}.solve: no point satisfies the constraints (max violation "
+            f"{viol:.3g} > {node.feas_tol:.3g}): the feasible set may be empty for this x, or "
+            "initial_guess(x) is too far from it.")
+    return _finish(node, x, y, res.message)
+
+
+def _finish(node, x, y, message):
+    kkt = node.kkt_residual(x, y)
+    if not kkt["residual"] <= kkt["tol"]:
+        raise DDNError(
+            f"{type(node).__name__}.solve: did not converge (KKT residual {kkt['residual']:.3g}"
+            f" > {kkt['tol']:.3g}; solver said: {message!s}). Raise max_iter, give a better "
+            "initial_guess(x), or override solve(x).")
+    return y, {"multipliers": kkt["multipliers"], "residual": kkt["residual"],
+               "active": kkt["active"]}
+
+
+def polish_kkt(node, x, y, iters=20):
+    """Newton (least-squares steps, so non-regular points do not break it) on the KKT system
+    F(y, λ) = [∇_Y f − Aᵀλ; h̃] = 0 of the equality and active inequality constraints. Stops as
+    soon as a step does not reduce ‖F‖ or would violate an inactive constraint."""
+    best = node.kkt_residual(x, y)
+    for _ in range(iters):
+        if best["residual"] <= 1e-3 * best["tol"]:
+            break
+        act = best["active"]
+        lam = best["lam_active"]
+        A = node.active_jacobian(x, y, act)
+        H = node.lagrangian_hessian(x, y, lam, act)
+        k = A.shape[0]
+        K = np.block([[H, -A.T], [A, np.zeros((k, k))]])
+        F = np.concatenate([best["grad_f"] - A.T @ lam, node.active_constraints_np(x, y, act)])
+        step = np.linalg.lstsq(K, -F, rcond=None)[0]
+        y_new = y + step[: node.m]
+        if not np.all(np.isfinite(y_new)):
+            break
+        new = node.kkt_residual(x, y_new)
+        if not (new["residual"] < best["residual"] and node.violation(x, y_new) <= node.feas_tol):
+            break
+        y, best = y_new, new
+    return y
