@@ -1,0 +1,273 @@
+"""Shared machinery of the experiments: metrics, devices, seeds, resumable checkpoints,
+result CSVs and the paper's tables.
+
+Metrics (N samples, C classes, ``scores`` of shape (N, C), ``labels`` of shape (N,)):
+
+- top-k accuracy: the fraction of samples whose label is among the k highest scores
+  (ties broken by ``torch.topk``'s order).
+- average precision of class c: rank the N samples by ``scores[:, c]`` (descending) and sum
+  ``(R_k - R_{k-1}) P_k`` over the distinct score thresholds, with ``P_k`` and ``R_k`` the
+  precision and recall of "score >= threshold k" (the non-interpolated definition that
+  scikit-learn's ``average_precision_score`` uses; tied scores enter together).
+- mAP: the mean of the per-class APs over **all** C classes (not only the predicted ones).
+  A class with no positive sample has no AP; it is left out of the mean with a
+  :class:`ddn.DDNWarning` naming it.
+
+Exact resume: a run's checkpoint holds the model, optimizer, scheduler, the RNG states of
+torch, numpy and python, and the number of finished epochs; the data order of epoch e is drawn
+from a generator seeded with ``seed`` and ``e`` alone, so a killed run restarted with the same
+command ends with the same numbers as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddn import DDNError, DDNWarning
+from ddn.utils import repo_root
+
+__all__ = [
+    "topk_accuracy", "average_precision", "mean_average_precision", "classification_metrics",
+    "choose_device", "seed_everything", "epoch_generator", "rng_state", "set_rng_state",
+    "save_checkpoint", "load_checkpoint", "config_hash", "append_results", "read_results",
+    "paper_table", "format_table", "results_dir", "progress",
+]
+
+PAPER_TABLES = Path(__file__).parent / "paper_tables"
+
+
+# ----------------------------------------------------------------------------- metrics
+def topk_accuracy(scores, labels, k: int = 1) -> float:
+    """Fraction of rows of ``scores`` (N, C) whose ``labels`` (N,) is among the top ``k``."""
+    scores, labels = torch.as_tensor(scores), torch.as_tensor(labels)
+    if scores.ndim != 2 or labels.shape != scores.shape[:1]:
+        raise DDNError(f"scores must be (N, C) and labels (N,); got {tuple(scores.shape)} "
+                       f"and {tuple(labels.shape)}")
+    k = min(k, scores.shape[1])
+    top = scores.topk(k, dim=1).indices
+    return (top == labels[:, None]).any(dim=1).double().mean().item()
+
+
+def average_precision(scores, positive) -> float:
+    """Non-interpolated AP of one class: ``Σ_k (R_k − R_{k−1}) P_k`` over distinct thresholds.
+
+    Args:
+        scores: (N,) scores for the class.
+        positive: (N,) bool, True where the sample belongs to the class.
+    Returns:
+        AP in [0, 1], or NaN when there is no positive sample.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    n_pos = pos.sum()
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="stable")
+    s, pos = s[order], pos[order]
+    tp = np.cumsum(pos)
+    # last index of each block of tied scores: tied samples are accepted together
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tp = tp[last]
+    precision = tp / (last + 1)
+    recall = tp / n_pos
+    d_recall = np.diff(np.r_[0.0, recall])
+    return float(np.sum(d_recall * precision))
+
+
+def mean_average_precision(scores, labels, num_classes: int | None = None) -> float:
+    """mAP over all classes: mean of :func:`average_precision` of each column of ``scores``.
+
+    Classes without a positive sample are left out with a :class:`ddn.DDNWarning`.
+    """
+    scores = torch.as_tensor(scores).detach().double().cpu().numpy()
+    labels = torch.as_tensor(labels).cpu().numpy()
+    C = scores.shape[1] if num_classes is None else num_classes
+    aps = np.array([average_precision(scores[:, c], labels == c) for c in range(C)])
+    missing = np.nonzero(np.isnan(aps))[0]
+    if len(missing) == len(aps):
+        raise DDNError("mAP: no class has a positive sample; pass labels in 0..C-1")
+    if len(missing):
+        warnings.warn(f"mAP: classes {missing.tolist()} have no positive sample in the "
+                      f"evaluation set and are left out of the mean", DDNWarning, stacklevel=2)
+    return float(np.nanmean(aps))
+
+
+def classification_metrics(scores, labels, ks=(1,)) -> dict:
+    """``{"top1": .., "top5": .., "map": ..}`` in percent for the requested ``ks``."""
+    out = {f"top{k}": 100.0 * topk_accuracy(scores, labels, k) for k in ks}
+    out["map"] = 100.0 * mean_average_precision(scores, labels, torch.as_tensor(scores).shape[1])
+    return out
+
+
+# ----------------------------------------------------------------------------- devices, seeds
+def choose_device(device: str | None = None) -> torch.device:
+    """``device`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``), else CUDA when
+    available, else Apple's MPS when available, else the CPU."""
+    if device not in (None, "", "auto"):
+        d = torch.device(device)
+        if d.type == "cuda" and not torch.cuda.is_available():
+            raise DDNError(f"device {device!r} requested but CUDA is not available; "
+                           f"use --device cpu or leave it out")
+        return d
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global generator and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A CPU ``torch.Generator`` determined by (seed, epoch, stream) alone: the data order
+    and the outliers of an epoch do not depend on what ran before it."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**63 - 1))
+    return g
+
+
+def rng_state() -> dict:
+    """The RNG states of torch (CPU and CUDA), numpy and python."""
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+          "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def config_hash(cfg: dict) -> str:
+    """A short hash of the settings that determine a training run (for checkpoint names)."""
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def save_checkpoint(path, model, optimizer, scheduler, epoch: int, extra: dict | None = None):
+    """Write model, optimizer, scheduler, RNG states and ``epoch`` (finished epochs) to
+    ``path`` atomically (a temporary file then ``os.replace``): a kill mid-write leaves the
+    previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+             "rng": rng_state(), "epoch": epoch, "extra": extra or {}}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, model, optimizer, scheduler, map_location=None) -> dict | None:
+    """Load a checkpoint written by :func:`save_checkpoint` into the given objects and restore
+    the RNG states. Returns the checkpoint dict (``epoch``, ``extra``), or None if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    ck = torch.load(path, map_location=map_location, weights_only=False)
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    if scheduler is not None and ck["scheduler"] is not None:
+        scheduler.load_state_dict(ck["scheduler"])
+    set_rng_state(ck["rng"])
+    return ck
+
+
+# ----------------------------------------------------------------------------- results
+def results_dir() -> Path:
+    """``results/`` of the checkout (or ``./results`` outside one)."""
+    root = repo_root() or repo_root(Path(__file__).parent) or Path.cwd()
+    return root / "results"
+
+
+def append_results(path, rows: list[dict]) -> Path:
+    """Append ``rows`` to the CSV at ``path`` (header written when the file is new; the
+    columns are those of the file when it exists)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file() or path.stat().st_size == 0
+    fields = list(rows[0].keys()) if new else _csv_header(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    return path
+
+
+def _csv_header(path):
+    with open(path, newline="") as f:
+        for line in f:
+            if not line.startswith("#"):
+                return next(csv.reader([line]))
+    return []
+
+
+def read_results(path) -> list[dict]:
+    """Rows of a CSV (lines starting with ``#`` skipped), numbers converted to float."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    for r in rows:
+        for k, v in r.items():
+            try:
+                r[k] = float(v)
+            except (TypeError, ValueError):
+                pass
+    return rows
+
+
+def paper_table(name: str) -> list[dict]:
+    """One of the paper's tables shipped in ``ddn/experiments/paper_tables`` (``"table2"``,
+    ``"table3"``, ``"table4"``)."""
+    files = {p.name.split("_")[0]: p for p in PAPER_TABLES.glob("*.csv")}
+    if name not in files:
+        raise DDNError(f"unknown paper table {name!r}; have {sorted(files)}")
+    return read_results(files[name])
+
+
+def format_table(header: list[str], rows: list[list], title: str = "") -> str:
+    """A GitHub-markdown table (numbers with one decimal, missing values as '–')."""
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "–"
+        return f"{v:.1f}" if isinstance(v, float) else str(v)
+    lines = [f"**{title}**", ""] if title else []
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def progress(iterable, **kw):
+    """tqdm progress bar (silent when ``disable=True``)."""
+    from tqdm.auto import tqdm
+    return tqdm(iterable, **kw)
+
+
+def timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
