@@ -47,8 +47,8 @@ def alignment_remedies(x, delta):
 class TwoSolutionView(InteractiveFigure):
     """Left: ``f(x, u) = (x u^2 - 1)^2`` with both minimisers, the returned one filled.
     Right: both branches ``y = +-1/sqrt(x)`` and the tangent at the returned one; the title
-    gives the gradient of ``J(y) = 1/2 (y - 1)^2`` through the node, whose sign depends on the
-    branch.
+    gives the gradient of ``J(y) = 1/2 (y - 2)^2`` through the node, whose sign depends on the
+    branch (for ``x > 1/4``).
 
     Parameters: ``x`` (> 0), ``branch`` (+1 or -1: which minimiser the forward pass returns).
     """
@@ -62,7 +62,7 @@ class TwoSolutionView(InteractiveFigure):
         x, s = float(self.values["x"]), int(np.sign(self.values["branch"]) or 1)
         y = s / np.sqrt(x)
         dy = -s / (2 * x ** 1.5)
-        self.gradient = (y - 1.0) * dy          # dJ/dx = D_Y J * Dy
+        self.gradient = (y - 2.0) * dy          # dJ/dx = D_Y J * Dy
         u = np.linspace(-3, 3, 600)
         ax = self.ax_f
         ax.clear()
@@ -83,7 +83,7 @@ class TwoSolutionView(InteractiveFigure):
         ax.plot([x], [y], "ko")
         ax.set_ylim(-3, 3)
         ax.set_xlabel("x")
-        ax.set_title(rf"$dJ/dx$ for $J = \frac{{1}}{{2}}(y - 1)^2$: {self.gradient:+.3f}")
+        ax.set_title(rf"$dJ/dx$ for $J = \frac{{1}}{{2}}(y - 2)^2$: {self.gradient:+.3f}")
         ax.legend(fontsize=8)
 
 
