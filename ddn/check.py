@@ -1,2 +1,194 @@
-"""(being written) Gradient and optimality checks for nodes of either floor."""
-__all__ = []
+"""Gradient and optimality checks for nodes of either floor.
+
+``check_gradient(node, x)`` compares the node's implicit Jacobian Dy(x) with central finite
+differences of its own solver, (y(x + εe_j) − y(x − εe_j)) / 2ε, checks ``vjp`` against vᵀDy for
+a random v, and reports what it found at the solution: the KKT / optimality residual, the
+condition number of H = D²_YY L, the rank of the active-constraint Jacobian and any weakly active
+inequality (where the gradient is one-sided and is compared with one-sided differences).
+
+Nodes of the torch floor (``node.floor == "torch"`` or an ``nn.Module``) are handed to
+``ddn.torch.check.check_gradient_torch``, which builds the same :class:`GradientReport`.
+"""
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import DDNError, DDNWarning
+
+__all__ = ["GradientReport", "check_gradient", "finite_difference_jacobian"]
+
+
+@dataclass
+class GradientReport:
+    """Result of :func:`check_gradient`; ``str(report)`` is a short readable summary.
+
+    Fields: ``ok`` (all checks passed), ``max_abs_error`` / ``max_rel_error`` (implicit Dy vs
+    finite differences; relative to max |Dy_fd|), ``residual`` (optimality/KKT residual at y),
+    ``cond_H`` (condition of D²_YY L, nan when there is none), ``active_rank`` and ``n_active``
+    (rank and rows of the equality + active inequality Jacobian), ``weakly_active`` (indices of
+    active inequalities with zero multiplier), ``messages`` (what went wrong or is worth knowing,
+    in words), ``details`` (the Jacobians, the vjp error, tolerances, ...).
+    """
+
+    ok: bool
+    max_abs_error: float
+    max_rel_error: float
+    residual: float
+    cond_H: float = float("nan")
+    active_rank: int = 0
+    n_active: int = 0
+    weakly_active: list = field(default_factory=list)
+    messages: list = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+    def __str__(self):
+        d = self.details
+        lines = [
+            f"GradientReport: {'OK' if self.ok else 'FAILED'}"
+            + (f"  [{d['node']}, {d.get('rule', '')}]" if "node" in d else ""),
+            f"  Dy vs finite differences : max abs err {self.max_abs_error:.2e}, "
+            f"max rel err {self.max_rel_error:.2e} (rtol {d.get('rtol', float('nan')):.0e})",
+        ]
+        if "vjp_error" in d:
+            lines.append(f"  vjp vs vᵀDy              : {d['vjp_error']:.2e}")
+        lines += [
+            f"  optimality residual      : {self.residual:.2e}",
+            f"  cond(H)                  : {self.cond_H:.2e}",
+            f"  active constraints       : {self.n_active} (rank {self.active_rank})"
+            + (f", weakly active {self.weakly_active} (one-sided)" if self.weakly_active else ""),
+        ]
+        lines += [f"  - {m}" for m in self.messages]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def finite_difference_jacobian(solve, x, eps=1e-5, side="central"):
+    """Jacobian of ``solve: (n,) -> (m,)`` by finite differences, (m, n).
+
+    side="central": (y(x + h e_j) − y(x − h e_j)) / 2h; "forward" / "backward": one-sided.
+    h = eps · max(1, |x_j|).
+    """
+    x = np.asarray(x, dtype=float)
+    cols = []
+    for j in range(x.size):
+        h = eps * max(1.0, abs(x[j]))
+        e = np.zeros_like(x)
+        e[j] = h
+        if side == "central":
+            cols.append((solve(x + e) - solve(x - e)) / (2 * h))
+        elif side == "forward":
+            cols.append((solve(x + e) - solve(x)) / h)
+        elif side == "backward":
+            cols.append((solve(x) - solve(x - e)) / h)
+        else:
+            raise DDNError(f"side must be 'central', 'forward' or 'backward', got {side!r}.")
+    return np.column_stack(cols)
+
+
+def _is_torch(node):
+    if getattr(node, "floor", None) == "torch":
+        return True
+    try:
+        import sys
+        torch = sys.modules.get("torch")
+        return torch is not None and isinstance(node, torch.nn.Module)
+    except Exception:  # pragma: no cover - a broken torch install must not break the check
+        return False
+
+
+def _diagnose(node, x, y, ctx):
+    """Optimality diagnostics: node.optimality for a single node, the worst stage of a chain."""
+    if hasattr(node, "nodes"):  # ComposedNode: diagnose each stage
+        out = {"residual": 0.0, "cond_H": float("nan"), "rank_A": 0, "n_active": 0,
+               "weakly_active": [], "messages": [], "rule": getattr(node, "rule", "")}
+        for k, (sub, (z, yk, ck)) in enumerate(zip(node.nodes, node._stages(x, y, ctx))):
+            d = _diagnose(sub, z, yk, ck)
+            out["residual"] = max(out["residual"], d["residual"])
+            out["cond_H"] = np.nanmax([out["cond_H"], d["cond_H"]])
+            out["messages"] += [f"stage {k}: {m}" for m in d["messages"]]
+            out["weakly_active"] += [(k, i) for i in d["weakly_active"]]
+        return out
+    opt = node.optimality(x, y, ctx)
+    return {"residual": opt.residual, "cond_H": opt.cond_H, "rank_A": opt.rank_A,
+            "n_active": opt.n_active, "weakly_active": list(opt.weakly_active),
+            "messages": list(opt.messages), "rule": opt.rule}
+
+
+def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
+                   residual_tol=1e-6, seed=0, **kwargs):
+    """Check a node's implicit gradient against central finite differences of its solver.
+
+    Args:
+        node: a ``ddn.reference`` node (or a torch-floor node, handed to
+            ``ddn.torch.check.check_gradient_torch`` with the same arguments).
+        *xs: the input x (n,) — one array for the reference floor.
+        y, ctx: a solution from ``node.solve(x)`` to check (solved here when None).
+        eps: finite-difference step (scaled by max(1, |x_j|)).
+        rtol, atol: pass when max |Dy − Dy_fd| ≤ atol or ≤ rtol · max |Dy_fd|.
+        residual_tol: largest optimality residual accepted.
+        seed: for the random v of the vjp check.
+    Returns:
+        :class:`GradientReport`. DDNWarnings raised while checking are recorded in
+        ``messages`` instead of propagating; DDNErrors are reported with ``ok=False``.
+    """
+    if _is_torch(node):
+        from ddn.torch.check import check_gradient_torch
+        return check_gradient_torch(node, *xs, y=y, ctx=ctx, eps=eps, rtol=rtol, atol=atol,
+                                    residual_tol=residual_tol, seed=seed, **kwargs)
+    if kwargs:
+        raise DDNError(f"check_gradient: unknown options {sorted(kwargs)} for a reference node.")
+    if len(xs) != 1:
+        raise DDNError(f"check_gradient: a reference node takes one input x, got {len(xs)}.")
+    x = xs[0]
+    details = {"node": repr(node), "rtol": rtol, "atol": atol, "eps": eps}
+    messages = []
+    nan = float("nan")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DDNWarning)
+        try:
+            if y is None:
+                y, ctx = node.solve(x)
+            x = np.asarray(x, dtype=float)
+            diag = _diagnose(node, x, y, ctx)
+            J = node.jacobian(x, y, ctx)
+            v = np.random.default_rng(seed).standard_normal(np.size(y))
+            vjp_err = float(np.max(np.abs(node.vjp(x, v, y, ctx) - v @ J)))
+            sides = ["central"] + (["forward", "backward"] if diag["weakly_active"] else [])
+            fds = {s: finite_difference_jacobian(lambda z: node.solve(z)[0], x, eps, s)
+                   for s in sides}
+        except DDNError as e:
+            return GradientReport(False, nan, nan, nan, messages=[f"DDNError: {e}"],
+                                  details=details)
+    messages += diag["messages"]
+    messages += [str(w.message) for w in caught if str(w.message) not in messages]
+    # compare with each finite difference; a one-sided gradient must match one side
+    errs = {}
+    for s, Jfd in fds.items():
+        abs_err = float(np.max(np.abs(J - Jfd)))
+        errs[s] = (abs_err, abs_err / max(float(np.max(np.abs(Jfd))), np.finfo(float).tiny))
+    side = min(errs, key=lambda s: errs[s][1]) if diag["weakly_active"] else "central"
+    max_abs, max_rel = errs[side]
+    if diag["weakly_active"]:
+        messages.append(f"one-sided gradient (weakly active {diag['weakly_active']}): compared "
+                        f"with {side} differences")
+    grad_ok = max_abs <= atol or max_rel <= rtol
+    vjp_ok = vjp_err <= max(atol, rtol * max(1.0, float(np.max(np.abs(J)))))
+    res_ok = diag["residual"] <= residual_tol
+    if not grad_ok:
+        messages.append(f"implicit Dy differs from finite differences (max rel err "
+                        f"{max_rel:.2e} > rtol {rtol:.0e})")
+    if not vjp_ok:
+        messages.append(f"vjp differs from vᵀ jacobian by {vjp_err:.2e}")
+    if not res_ok:
+        messages.append(f"optimality residual {diag['residual']:.2e} > {residual_tol:.0e}: y is "
+                        "not an accurate solution")
+    wrong_sign = any("λ > 0" in m for m in messages)
+    details.update(jacobian=J, fd_jacobian=fds[side], fd_side=side, vjp_error=vjp_err,
+                   rule=diag["rule"], errors=errs)
+    return GradientReport(
+        ok=bool(grad_ok and vjp_ok and res_ok and not wrong_sign), max_abs_error=max_abs,
+        max_rel_error=max_rel, residual=float(diag["residual"]), cond_H=float(diag["cond_H"]),
+        active_rank=int(diag["rank_A"]), n_active=int(diag["n_active"]),
+        weakly_active=diag["weakly_active"], messages=messages, details=details)

@@ -248,6 +248,9 @@ class DeclarativeNode:
 
     floor = "reference"
     rule = "Prop. 4.4"
+    # class-level defaults, so that a subclass with its own __init__ still works
+    n = m = None
+    tol, max_iter, singular, proximal_delta = 1e-10, 100, "error", 1e-6
 
     def __init__(self, n, m, *, tol=1e-10, max_iter=100, singular="error", proximal_delta=1e-6):
         if not (int(n) == n and n >= 1 and int(m) == m and m >= 1):
@@ -316,9 +319,9 @@ class DeclarativeNode:
     def active_jacobian(self, x, y, active):
         """A = D_Y h̃ (p̃, m)."""
         if np.size(self.active_constraints(x, y, active)) == 0:
-            return np.zeros((0, self.m))
+            return np.zeros((0, y.size))
         A = quiet(jacobian(lambda u: self.active_constraints(x, u, active)), y)
-        return np.asarray(A, dtype=float).reshape(-1, self.m)
+        return np.asarray(A, dtype=float).reshape(-1, y.size)
 
     def lagrangian(self, x, y, lam, active=()):
         """L(x, y, λ) = f(x, y) − λᵀ h̃(x, y) (Eq. 23)."""
@@ -330,7 +333,7 @@ class DeclarativeNode:
     def lagrangian_hessian(self, x, y, lam, active=()):
         """H = D²_YY L (m, m)."""
         dL = grad(lambda u: self.lagrangian(x, u, lam, active))
-        return np.asarray(quiet(jacobian(dL), y), dtype=float).reshape(self.m, self.m)
+        return np.asarray(quiet(jacobian(dL), y), dtype=float).reshape(y.size, y.size)
 
     def violation(self, x, y):
         """max(|h|, max(g, 0)): 0 when y is feasible."""
@@ -348,8 +351,8 @@ class DeclarativeNode:
         g = np.asarray(self._ineq(x, y), dtype=float).reshape(q)
         active = list(np.flatnonzero(g >= -self._active_tol(residual)))
         grad_f = np.asarray(quiet(grad(lambda u: self.objective(x, u)), y), dtype=float)
-        grad_f = grad_f.reshape(self.m)
-        A = self.active_jacobian(x, y, active) if p + len(active) else np.zeros((0, self.m))
+        grad_f = grad_f.reshape(y.size)
+        A = self.active_jacobian(x, y, active)
         if multipliers is None:
             lam = np.linalg.lstsq(A.T, grad_f, rcond=None)[0] if A.shape[0] else np.zeros(0)
         else:
@@ -372,7 +375,7 @@ class DeclarativeNode:
             x=x, y=y, H=H, A=None, multipliers=np.zeros(0), residual=res,
             cond_H=condition_number(H), rule=self.rule,
             pullback=lambda u, mu: _x_grad(lambda xx: anp.dot(u, dfy(xx, y)), x),
-            B=lambda: _x_jac(lambda xx: dfy(xx, y), x, self.m))  # B = D²_XY f
+            B=lambda: _x_jac(lambda xx: dfy(xx, y), x, y.size))  # B = D²_XY f
 
     # -- backward ------------------------------------------------------------------------------
     def jacobian(self, x, y=None, ctx=None):
@@ -389,7 +392,7 @@ class DeclarativeNode:
         opt = self.optimality(x, y, ctx)
         return implicit_vjp(v, opt.H, opt.pullback, opt.A, singular=self.singular,
                             proximal_delta=self.proximal_delta,
-                            nonregular=getattr(self, "nonregular", "error"))
+                            nonregular=self.nonregular if hasattr(self, "nonregular") else "error")
 
 
 class EqConstrainedNode(DeclarativeNode):
@@ -408,6 +411,7 @@ class EqConstrainedNode(DeclarativeNode):
     """
 
     rule = "Prop. 4.5"
+    nonregular, method, feas_tol = "error", "SLSQP", 1e-8
 
     def __init__(self, n, m, *, nonregular="error", method="SLSQP", feas_tol=1e-8, **kw):
         super().__init__(n, m, **kw)
@@ -492,8 +496,8 @@ class EqConstrainedNode(DeclarativeNode):
             C = lambda: _x_jac(hx, x, len(lam))  # noqa: E731
         else:  # C = 0 (Obs. 4.8)
             pull = lambda u, mu: _x_grad(lambda xx: anp.dot(u, dLy(xx, y)), x)  # noqa: E731
-            C = lambda: np.zeros((len(lam), self.n))  # noqa: E731
-        return {"pullback": pull, "B": lambda: _x_jac(lambda xx: dLy(xx, y), x, self.m), "C": C}
+            C = lambda: np.zeros((len(lam), x.size))  # noqa: E731
+        return {"pullback": pull, "B": lambda: _x_jac(lambda xx: dLy(xx, y), x, y.size), "C": C}
 
     def _jacobian_rule(self, opt):
         return prop_4_5_jacobian(opt.H, opt.A, opt.B(), opt.C(), singular=self.singular,
@@ -518,6 +522,7 @@ class IneqConstrainedNode(EqConstrainedNode):
     """
 
     rule = "Prop. 4.6"
+    weakly_active = "constrained"
 
     def __init__(self, n, m, *, weakly_active="constrained", **kw):
         super().__init__(n, m, **kw)
@@ -712,7 +717,7 @@ class ComposedNode:
         return self.nodes[-1].objective(z, y)
 
     def jacobian(self, x, y=None, ctx=None):
-        J = np.eye(self.n)
+        J = np.eye(np.size(x))
         for node, (z, yk, ck) in zip(self.nodes, self._stages(x, y, ctx)):
             J = node.jacobian(z, yk, ck) @ J
         return J
@@ -764,13 +769,14 @@ def shortcut_gradient(node, x, y=None):
 # helpers
 # ----------------------------------------------------------------------------------------------
 def _check_vector(a, size, name):
+    """a as a finite float (size,) array (any 1-D size when size is None), else DDNError."""
     try:
         a = np.asarray(a, dtype=float)
     except (TypeError, ValueError) as e:
         raise DDNError(f"{name} must be a real array of shape ({size},): {e}") from None
     if a.ndim == 0 and size == 1:
         a = a.reshape(1)
-    if a.shape != (size,):
+    if a.shape != (size,) and not (size is None and a.ndim == 1):
         raise DDNError(f"{name} must have shape ({size},), got {a.shape}.")
     if not np.all(np.isfinite(a)):
         raise DDNError(f"{name} contains NaN or Inf: {a}.")

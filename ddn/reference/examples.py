@@ -16,6 +16,7 @@ __all__ = [
     "QuadraticNode", "TwoSolutionNode", "DirectionAlignmentNode",
     "NormalizedDirectionAlignmentNode", "UnitSphereNode", "UnitBallNode",
     "HyperplaneProjectionNode", "ReLUNode", "SoftmaxNode", "CircleLineNode",
+    "ProbabilitySimplexNode",
 ]
 
 
@@ -290,3 +291,39 @@ class CircleLineNode(FeasibilityNode):
 
     def closed_form_jacobian(self, x):
         return np.array([[-x[0] / np.sqrt(1 - x[0] ** 2)], [1.0]])
+
+
+class ProbabilitySimplexNode(IneqConstrainedNode):
+    """Euclidean projection onto the probability simplex                        (Prop. 4.6)
+
+        y = argmin_u ½‖u − x‖²  s.t.  1ᵀu = 1,  −u ≤ 0
+
+    Mixed equality and inequality constraints. Closed form y = max(x − τ, 0) with τ from the
+    sorted x; with S = {i: y_i > 0}, Dy = I_S − 1_S 1_Sᵀ/|S| on S × S and 0 elsewhere.
+    Uses the default (SLSQP) solver.
+    """
+
+    def __init__(self, m, **kw):
+        super().__init__(m, m, **kw)
+
+    def objective(self, x, y):
+        return 0.5 * anp.sum((y - x) ** 2)
+
+    def equality_constraints(self, x, y):
+        return anp.sum(y) - 1.0
+
+    def inequality_constraints(self, x, y):
+        return -y
+
+    def initial_guess(self, x):
+        return np.full(self.m, 1.0 / self.m)
+
+    def closed_form(self, x):
+        s = np.sort(x)[::-1]
+        css = np.cumsum(s) - 1.0
+        k = np.nonzero(s - css / np.arange(1, self.m + 1) > 0)[0][-1]
+        return np.maximum(x - css[k] / (k + 1), 0.0)
+
+    def closed_form_jacobian(self, x):
+        S = (self.closed_form(x) > 0).astype(float)
+        return np.diag(S) - np.outer(S, S) / S.sum()
