@@ -177,8 +177,11 @@ class UnitBallNode(IneqConstrainedNode):
         return np.asarray(x) / max(1.0, float(np.linalg.norm(x)))
 
     def closed_form_jacobian(self, x):
+        """I inside, the sphere's Dy outside; on the sphere (‖x‖ = 1 to 1e-12, weakly active)
+        the side that the ``weakly_active`` option picks."""
         r = np.linalg.norm(x)
-        if r <= 1.0:
+        on_sphere = abs(r - 1.0) <= 1e-12
+        if r < 1.0 and not on_sphere or on_sphere and self.weakly_active == "unconstrained":
             return np.eye(self.m)
         y = x / r
         return (np.eye(self.m) - np.outer(y, y)) / r
