@@ -83,7 +83,7 @@ class HessianSolve:
 
     def solve(self, rhs, trans=False):
         """H⁻¹ rhs (``trans=True``: H⁻ᵀ rhs); rhs of shape (m,) or (m, k)."""
-        if self.mode == "pinv" and self.cond > 0:
+        if self.mode == "pinv":
             P = self._pinv.T if trans else self._pinv
             return P @ rhs
         return scipy.linalg.lu_solve(self._lu, rhs, trans=1 if trans else 0, check_finite=False)
@@ -107,6 +107,7 @@ class ConstraintSolve:
         self.p, self.m = A.shape
         self.rank = matrix_rank(A)
         self.regular = self.rank == self.p
+        self.choice = nonregular  # what the user chose, even at a regular point
         self.mode = "regular" if self.regular else nonregular
         self.keep = np.arange(self.p)
         if self.regular:

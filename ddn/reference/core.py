@@ -109,7 +109,7 @@ def _solve_transpose_constraints(cs, v):
     """μ with Aᵀμ = v when the constraints alone fix y (feasibility, or pinned by lstsq)."""
     A = cs.A
     if cs.rank < cs.m:
-        if cs.mode != "pinv":
+        if cs.choice != "pinv":
             raise DDNError(
                 f"y is not isolated: the {cs.p} active constraints have rank {cs.rank} < m = "
                 f"{cs.m}, so D_Y h̃ Dy = −D_X h̃ has many solutions. Add constraints, or choose "
@@ -180,7 +180,7 @@ def feasibility_jacobian(A, C, *, nonregular="error"):
     least squares (p̃ > m) or the minimum-norm solution (nonregular='pinv')."""
     cs = ConstraintSolve(A, nonregular)
     if cs.rank < cs.m:
-        if cs.mode != "pinv":
+        if cs.choice != "pinv":
             _solve_transpose_constraints(cs, np.zeros(cs.m))  # raises the "not isolated" error
         return -np.linalg.pinv(A, rcond=1e-12) @ C
     if cs.mode == "drop":
@@ -261,7 +261,8 @@ class DeclarativeNode:
         self.proximal_delta = float(proximal_delta)
 
     def __repr__(self):
-        return f"{type(self).__name__}(n={self.n}, m={self.m})"
+        sizes = "" if self.n is None else f"n={self.n}, m={self.m}"
+        return f"{type(self).__name__}({sizes})"
 
     # -- the problem ---------------------------------------------------------------------------
     def objective(self, x, y):
@@ -345,11 +346,11 @@ class DeclarativeNode:
         return max(100.0 * self.tol, 10.0 * float(residual))
 
     def kkt_residual(self, x, y, multipliers=None, residual=0.0):
-        """KKT residual at (x, y): max of |D_Y f − Aᵀλ|, |h|, max(g, 0), for the active set
+        """KKT residual at (x, y): max of |D_Y f − Aᵀλ|, |h|, max(g, 0) and |g_i| on the active set
         {i: g_i ≥ −tol}; multipliers by least squares λᵀA = D_Y f (Eq. 32) unless given."""
         p, q = self.num_constraints(x, y)
         g = np.asarray(self._ineq(x, y), dtype=float).reshape(q)
-        active = list(np.flatnonzero(g >= -self._active_tol(residual)))
+        active = [int(i) for i in np.flatnonzero(g >= -self._active_tol(residual))]
         grad_f = np.asarray(quiet(grad(lambda u: self.objective(x, u)), y), dtype=float)
         grad_f = grad_f.reshape(y.size)
         A = self.active_jacobian(x, y, active)
@@ -360,7 +361,8 @@ class DeclarativeNode:
         full = np.zeros(p + q)
         full[:p], full[p + np.asarray(active, dtype=int)] = lam[:p], lam[p:]
         stat = grad_f - A.T @ lam
-        res = max(np.max(np.abs(stat), initial=0.0), self.violation(x, y))
+        res = max(np.max(np.abs(stat), initial=0.0), self.violation(x, y),
+                  np.max(np.abs(g[active]), initial=0.0))  # active: treated as g = 0
         tol = self.tol * (1.0 + np.max(np.abs(grad_f), initial=0.0))
         return {"residual": float(res), "tol": float(tol), "multipliers": full,
                 "active": active, "lam_active": lam, "grad_f": grad_f}
@@ -631,7 +633,7 @@ class FeasibilityNode(EqConstrainedNode):
         x, y, ctx = self._solution(x, y, ctx)
         p, q = self.num_constraints(x, y)
         g = np.asarray(self._ineq(x, y), dtype=float).reshape(q)
-        active = list(np.flatnonzero(g >= -self._active_tol(ctx.get("residual", 0.0))))
+        active = [int(i) for i in np.flatnonzero(g >= -self._active_tol(ctx.get("residual", 0.0)))]
         A = self.active_jacobian(x, y, active)  # A = D_Y h̃
         hx = lambda xx: self.active_constraints(xx, y, active)  # noqa: E731
         return Optimality(

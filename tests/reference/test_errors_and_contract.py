@@ -275,3 +275,27 @@ def test_upper_gradient_through_a_constrained_node():
 
 def test_ddn_error_and_warning_types():
     assert issubclass(ddn.DDNError, ValueError) and issubclass(ddn.DDNWarning, UserWarning)
+
+
+def test_feasibility_not_isolated():
+    """One constraint in R²: y is not isolated (Sec. 4.7.1). Error by default, minimum-norm Dy
+    with nonregular='pinv' (radial: d/dx of the point (x, 0) on the circle of radius x)."""
+    from ddn.reference import FeasibilityNode
+
+    class Circle(FeasibilityNode):
+        def equality_constraints(self, x, y):
+            return y[0] ** 2 + y[1] ** 2 - x[0] ** 2
+
+        def initial_guess(self, x):
+            return np.array([1.0, 0.0])
+
+    x = np.array([2.0])
+    with pytest.raises(DDNError, match="not isolated.*pinv"):
+        Circle(1, 2).jacobian(x)
+    with pytest.raises(DDNError, match="not isolated"):
+        Circle(1, 2).vjp(x, np.ones(2))
+    node = Circle(1, 2, nonregular="pinv")
+    y, ctx = node.solve(x)
+    np.testing.assert_allclose(y, [2.0, 0.0], atol=1e-10)
+    np.testing.assert_allclose(node.jacobian(x, y, ctx), [[1.0], [0.0]], atol=1e-10)
+    np.testing.assert_allclose(node.vjp(x, np.array([0.3, 5.0]), y, ctx), [0.3], atol=1e-10)

@@ -13,6 +13,7 @@ from ddn import DDNWarning
 from ddn.check import check_gradient, finite_difference_jacobian
 from ddn.reference import (
     CircleLineNode, ComposedNode, DeclarativeNode, DirectionAlignmentNode, EqConstrainedNode,
+    FeasibilityNode,
     HyperplaneProjectionNode, ImperativeNode, IneqConstrainedNode, LinEqConstrainedNode,
     NormalizedDirectionAlignmentNode, ProbabilitySimplexNode, QuadraticNode, ReLUNode,
     SoftmaxNode, TwoSolutionNode, UnitBallNode, UnitSphereNode)
@@ -121,6 +122,27 @@ class RankDeficientNode(EqConstrainedNode):
         return np.array([[0.5], [0.5], [0.0]])
 
 
+class CircleAboveLineNode(FeasibilityNode):
+    """Feasibility with an inequality: u on the unit circle and u₂ ≥ x; the least-squares solver
+    from (1, 0) stops on the line, so g is active and h̃ is square: y = (√(1 − x²), x)."""
+
+    def __init__(self):
+        super().__init__(1, 2)
+
+    def equality_constraints(self, x, y):
+        return y[0] ** 2 + y[1] ** 2 - 1.0
+
+    def inequality_constraints(self, x, y):
+        return x[0] - y[1]
+
+    def initial_guess(self, x):
+        return np.array([1.0, 0.0])
+
+    @staticmethod
+    def closed_form_jacobian(x):
+        return np.array([[-x[0] / np.sqrt(1 - x[0] ** 2)], [1.0]])
+
+
 class TanhLayer:
     """An explicit layer for ImperativeNode: tanh(Wx), D = diag(1 − tanh²) W."""
 
@@ -175,6 +197,8 @@ PROBLEMS = {
                               None),
     "prop4.6-ball-weakly-active": (lambda: _with_cf(UnitBallNode(3)), x3 / np.linalg.norm(x3),
                                    "mixed"),
+    "prop4.6-ball-trust-constr": (lambda: _with_cf(UnitBallNode(3, method="trust-constr")),
+                                  2.5 * x3 / np.linalg.norm(x3), None),
     "prop4.6-simplex-mixed": (lambda: _with_cf(ProbabilitySimplexNode(5)),
                               np.array([0.9, -0.3, 0.5, 1.2, -1.0]), None),
     "prop4.6-relu": (lambda: _with_cf(ReLUNode(4)), relu_x, None),
@@ -188,6 +212,8 @@ PROBLEMS = {
         P4, rng.standard_normal((4, 3)), rng.standard_normal((2, 4)), np.array([1.0, -0.5]))),
         x3, None),
     "feasibility-circle-line": (lambda: _with_cf(CircleLineNode()), np.array([0.3]), None),
+    "feasibility-with-inequality": (lambda: _with_cf(CircleAboveLineNode()), np.array([0.3]),
+                                    None),
     "nonregular-overdetermined-lstsq": (lambda: _with_cf(OverdeterminedNode(nonregular="lstsq")),
                                         np.array([0.7]), None),
     "nonregular-overdetermined-drop": (lambda: _with_cf(OverdeterminedNode(nonregular="drop")),
