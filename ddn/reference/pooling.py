@@ -174,7 +174,7 @@ def _check_input(x, alpha):
                        "mask the non-finite values first")
     if not (np.isfinite(alpha) and alpha > 0):
         raise DDNError(f"alpha must be a finite positive number, got {alpha}")
-    if np.abs(x).max() / alpha > np.sqrt(np.finfo(float).max) / 8:
+    if np.abs(x).max() > np.sqrt(np.finfo(float).max) / 8 * alpha:
         raise DDNError("|x|/alpha is so large that (x/alpha)² overflows; rescale x or raise alpha")
     return x
 
@@ -196,8 +196,11 @@ class RobustPoolNode(_Base):
     r"""``y ∈ argmin_u Σ_i φ(u − x_i; α)`` (n inputs, m = 1 output), Prop. 4.4 in closed form.
 
     ``jacobian(x) -> (1, n)`` with entries ``φ''(y − x_i)/Σ_j φ''(y − x_j)``;
-    ``vjp(x, v) -> (n,)``; ``jacobian_alpha(x) -> (1,)``, ``dy/dα``.
+    ``vjp(x, v) -> (n,)``; ``jacobian_alpha(x) -> (1,)``, ``dy/dα``. The generic
+    ``DeclarativeNode.jacobian`` (autograd Hessians) applies to it too and must agree.
     """
+
+    m = 1  # one output; n is any size (the base class accepts any 1-D x when n is None)
 
     def __init__(self, penalty="pseudo-huber", alpha=1.0):
         self.penalty = _check_penalty(penalty)

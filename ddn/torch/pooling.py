@@ -119,9 +119,11 @@ def _newton_bracket(x, y, pen, a, eps):
         lo = torch.where(g < 0, y, lo)
         hi = torch.where(g > 0, y, hi)
         yn = y - g / H
-        newton = (H > 0) & (yn >= lo) & (yn <= hi)
-        ynew = torch.where(g == 0, y, torch.where(newton, yn, 0.5 * (lo + hi)))
         tol = 2 * eps * (y.abs() + a1)
+        # strictly inside the bracket (a Newton step onto its end can 2-cycle on Huber's
+        # piecewise-linear g), or a converged step
+        newton = (H > 0) & (((yn > lo) & (yn < hi)) | ((yn - y).abs() <= tol))
+        ynew = torch.where(g == 0, y, torch.where(newton, yn, 0.5 * (lo + hi)))
         conv = ((ynew - y).abs() <= tol) | (hi - lo <= tol)
         y = torch.where(done, y, ynew)
         done = done | conv
@@ -298,7 +300,7 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
         x: tensor of any shape, float32 or float64, CPU or CUDA; ``x.shape[dim] ≥ 1``.
         penalty: ``"quadratic"``, ``"pseudo-huber"``, ``"huber"``, ``"welsch"`` or
             ``"truncated-quadratic"``.
-        alpha: α > 0, a float or a tensor broadcastable to the pooled shape (``x`` with
+        alpha: α > 0, a float or a tensor broadcastable to the output shape (or to ``x`` with
             ``shape[dim] = 1``); a tensor that requires grad receives ``∂L/∂α``.
         dim: the pooled dimension.
         keepdim: keep ``dim`` with size 1.
@@ -328,7 +330,7 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
         a = alpha.to(dtype=x.dtype, device=x.device)
         if not bool(torch.isfinite(a).all() & (a > 0).all()):
             raise DDNError("alpha must be finite and positive")
-        a_rows = a.expand(pooled_shape).movedim(dim, -1).reshape(B)
+        a_rows = _rows_of(a, pooled_shape, dim, B, "alpha")
         if not a_rows.requires_grad:
             a_rows = a_rows.contiguous()
     else:
@@ -344,6 +346,21 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
                                 penalty, use_kernel)
     y = y.reshape(batch_shape)
     return y.unsqueeze(dim) if keepdim else y
+
+
+def _rows_of(a, pooled_shape, dim, B, name):
+    """One value per pooled row (B,) from a tensor broadcastable to the output shape (``x``
+    without ``dim``) or to the keepdim shape (``x`` with ``shape[dim] = 1``)."""
+    out_shape = pooled_shape[:dim] + pooled_shape[dim + 1:]
+    try:
+        return a.expand(out_shape).reshape(B)
+    except RuntimeError:
+        pass
+    try:
+        return a.expand(pooled_shape).movedim(dim, -1).reshape(B)
+    except RuntimeError:
+        raise DDNError(f"{name} of shape {tuple(a.shape)} broadcasts neither to the output shape "
+                       f"{tuple(out_shape)} nor to {tuple(pooled_shape)}") from None
 
 
 def _check_values_eager(x2, a):

@@ -33,6 +33,7 @@ import torch
 
 from .. import DDNError, DDNWarning
 from . import _kernels
+from .pooling import _rows_of
 
 __all__ = ["project_sphere", "project_ball", "project_simplex", "SphereProjection",
            "BallProjection", "SimplexProjection"]
@@ -171,7 +172,7 @@ def _project(x, p, radius, dim, kind, masked):
         rr = radius.to(dtype=x.dtype, device=x.device)
         if not bool(torch.isfinite(rr).all() & (rr > 0).all()):
             raise DDNError("radius must be finite and positive")
-        r = rr.expand(red_shape).movedim(dim, -1).reshape(B)
+        r = _rows_of(rr, red_shape, dim, B, "radius")
     else:
         radius = float(radius)
         if not (radius > 0 and radius != INF):
@@ -190,8 +191,8 @@ def project_sphere(x, p=2, radius=1.0, dim=-1, masked=True):
     Args:
         x: tensor, any shape, float32/float64, CPU or CUDA.
         p: 1, 2 or ``float("inf")``.
-        radius: r > 0, float or tensor broadcastable to ``x`` with ``shape[dim] = 1``
-            (a tensor that requires grad receives ``∂L/∂r``).
+        radius: r > 0, float or tensor broadcastable to ``x`` without ``dim`` or with
+            ``shape[dim] = 1`` (a tensor that requires grad receives ``∂L/∂r``).
         dim: the projected dimension.
         masked: gradient on non-smooth faces (module docstring); default True.
 

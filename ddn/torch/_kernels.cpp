@@ -1,0 +1,532 @@
+// Row kernels for ddn.torch.pooling and ddn.torch.projections (CPU, float32 and float64).
+//
+// Each call handles rows [r0, r1) of a contiguous (B, n) array; Python splits the rows over
+// threads (ctypes releases the GIL). Every solver iteration of a row runs while the row sits in
+// L1/L2, so the input is read from memory once per forward and once per backward. The algorithms
+// are exactly those of the eager torch code (the oracle) — see the docstrings there.
+//
+// Status codes per row: 0 ok, 1 not converged / degenerate, 2 NaN or Inf, 3 |x|/alpha too large.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace {
+
+enum { QUAD = 0, PHUBER = 1, HUBER = 2, WELSCH = 3, TRUNC = 4 };
+const int MAX_ITER = 100;
+
+template <typename T> struct Eps;
+template <> struct Eps<float> { static constexpr float v = 1.1920928955078125e-07f; };
+template <> struct Eps<double> { static constexpr double v = 2.220446049250313e-16; };
+
+// exp(x) for x <= 0, vectorizable (Cephes polynomials), exactly 0 below the underflow limit.
+static inline float vexp(float x) {
+  float xc = x < -87.0f ? -87.0f : x;
+  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float e = p * __builtin_bit_cast(float, bits);
+  return x < -87.0f ? 0.0f : e;
+}
+static inline double vexp(double x) {
+  double xc = x < -708.0 ? -708.0 : x;
+  double n = std::floor(xc * 1.4426950408889634 + 0.5);
+  double r = xc - n * 6.93145751953125e-1 - n * 1.42860682030941723212e-6;
+  double r2 = r * r;
+  double px = r * ((1.26177193074810590878e-4 * r2 + 3.02994407707441961300e-2) * r2 +
+                   9.99999999999999999910e-1);
+  double qx = ((3.00198505138664455042e-6 * r2 + 2.52448340349684104192e-3) * r2 +
+               2.27265548208155028766e-1) * r2 + 2.00000000000000000009e0;
+  double e = 1.0 + 2.0 * px / (qx - px);
+  int64_t bits = ((int64_t)n + 1023) << 52;
+  e *= __builtin_bit_cast(double, bits);
+  return x < -708.0 ? 0.0 : e;
+}
+
+static inline bool finite_bits(float v) {
+  return ((__builtin_bit_cast(uint32_t, v) >> 23) & 0xff) != 0xff;
+}
+static inline bool finite_bits(double v) {
+  return ((__builtin_bit_cast(uint64_t, v) >> 52) & 0x7ff) != 0x7ff;
+}
+
+// ---------------------------------------------------------------- robust pooling, forward
+// g = Σ φ'(y − x_i), H = Σ φ''(y − x_i) for the convex penalties.
+template <typename T>
+static inline void eval_convex(const T* x, int64_t n, T y, T a, int pen, T& g, T& H) {
+  T gs = 0, hs = 0;
+  if (pen == PHUBER) {
+    const T ia = T(1) / a;
+#pragma omp simd reduction(+ : gs, hs)
+    for (int64_t i = 0; i < n; ++i) {
+      T z = y - x[i], u = z * ia;
+      T s = T(1) / std::sqrt(T(1) + u * u);
+      gs += z * s;
+      hs += s * s * s;
+    }
+  } else {
+#pragma omp simd reduction(+ : gs, hs)
+    for (int64_t i = 0; i < n; ++i) {
+      T z = y - x[i];
+      T c = z > a ? a : (z < -a ? -a : z);
+      gs += c;
+      hs += std::abs(z) <= a ? T(1) : T(0);
+    }
+  }
+  g = gs;
+  H = hs;
+}
+
+template <typename T>
+static int newton_bracket(const T* x, int64_t n, T a, int pen, T y, T lo, T hi, T& out) {
+  const T eps = Eps<T>::v;
+  if (lo == hi) { out = y; return 0; }
+  for (int it = 0; it < MAX_ITER; ++it) {
+    T g, H;
+    eval_convex(x, n, y, a, pen, g, H);
+    if (g < 0) lo = y;
+    if (g > 0) hi = y;
+    T yn = y - g / H;
+    T tol = 2 * eps * (std::abs(y) + a);
+    bool newton = (H > 0) && ((yn > lo && yn < hi) || std::abs(yn - y) <= tol);
+    T ynew = g == 0 ? y : (newton ? yn : T(0.5) * (lo + hi));
+    bool conv = std::abs(ynew - y) <= tol || (hi - lo) <= tol;
+    y = ynew;
+    if (conv) { out = y; return 0; }
+  }
+  out = y;
+  return 1;
+}
+
+template <typename T>
+static inline void eval_welsch(const T* x, int64_t n, T y, T a, T& f, T& g, T& H, T& s0) {
+  const T ia = T(1) / a;
+  T s = 0, gz = 0, hz = 0;
+#pragma omp simd reduction(+ : s, gz, hz)
+  for (int64_t i = 0; i < n; ++i) {
+    T z = y - x[i], u = z * ia, u2 = u * u;
+    T w = vexp(T(-0.5) * u2);
+    s += w;
+    gz += z * w;
+    hz += (T(1) - u2) * w;
+  }
+  T a2 = a * a;
+  f = T(n) - s;
+  g = gz / a2;
+  H = hz / a2;
+  s0 = s;
+}
+
+// Newton when it lowers f, else the majorize-minimize (IRLS) step.
+template <typename T>
+static int welsch_local(const T* x, int64_t n, T a, T y, T& out, T& fout) {
+  const T eps = Eps<T>::v, a2 = a * a, ftol = 8 * eps * T(n);
+  T f, g, H, s0;
+  eval_welsch(x, n, y, a, f, g, H, s0);
+  for (int it = 0; it < MAX_ITER; ++it) {
+    T ymm = s0 > 0 ? y - g * a2 / s0 : y;
+    T yn = H > 0 ? y - g / H : ymm;
+    T fn, gn, Hn, s0n;
+    eval_welsch(x, n, yn, a, fn, gn, Hn, s0n);
+    if (!(fn <= f + ftol)) {
+      yn = ymm;
+      eval_welsch(x, n, yn, a, fn, gn, Hn, s0n);
+    }
+    bool conv = std::abs(yn - y) <= 4 * eps * (std::abs(y) + a) || s0 == 0;
+    y = yn; f = fn; g = gn; H = Hn; s0 = s0n;
+    if (conv) { out = y; fout = f; return 0; }
+  }
+  out = y;
+  fout = f;
+  return 1;
+}
+
+template <typename T>
+static int tq_local(const T* x, int64_t n, T a, T y, T& out) {
+  for (int it = 0; it < 4 * MAX_ITER; ++it) {
+    T cnt = 0, s = 0;
+#pragma omp simd reduction(+ : cnt, s)
+    for (int64_t i = 0; i < n; ++i) {
+      bool inl = std::abs(y - x[i]) < a;
+      cnt += inl ? T(1) : T(0);
+      s += inl ? x[i] : T(0);
+    }
+    T yn = cnt > 0 ? s / cnt : y;
+    if (yn == y) { out = y; return 0; }
+    y = yn;
+  }
+  out = y;
+  return 1;
+}
+
+template <typename T>
+static T tq_objective(const T* x, int64_t n, T a, T y) {
+  T f = 0, c = T(0.5) * a * a;
+#pragma omp simd reduction(+ : f)
+  for (int64_t i = 0; i < n; ++i) {
+    T z = y - x[i], q = T(0.5) * z * z;
+    f += q < c ? q : c;
+  }
+  return f;
+}
+
+template <typename T>
+static int pool_row(const T* x, int64_t n, T a, int pen, std::vector<T>& buf, T& y) {
+  T s = 0, mn = x[0], mx = x[0];
+#pragma omp simd reduction(+ : s) reduction(min : mn) reduction(max : mx)
+  for (int64_t i = 0; i < n; ++i) {
+    s += x[i];
+    mn = std::min(mn, x[i]);
+    mx = std::max(mx, x[i]);
+  }
+  if (!finite_bits(s)) {
+    if (s != s || !finite_bits(mn) || !finite_bits(mx)) return 2;
+    return 3;
+  }
+  const T big = std::sqrt(std::numeric_limits<T>::max()) / 8;
+  if (std::max(std::abs(mn), std::abs(mx)) / a > big) return 3;
+  const T mean = s / T(n);
+  if (pen == QUAD) { y = mean; return 0; }
+  if (pen == PHUBER || pen == HUBER) {
+    int st = newton_bracket(x, n, a, pen, mean, mn, mx, y);
+    if (pen == HUBER) {
+      T cnt = 0, xj = -std::numeric_limits<T>::infinity(), xk = std::numeric_limits<T>::infinity();
+      const T yy = y;
+#pragma omp simd reduction(+ : cnt) reduction(max : xj) reduction(min : xk)
+      for (int64_t i = 0; i < n; ++i) {
+        T z = yy - x[i];
+        cnt += std::abs(z) <= a ? T(1) : T(0);
+        xj = std::max(xj, z > a ? x[i] : -std::numeric_limits<T>::infinity());
+        xk = std::min(xk, z < -a ? x[i] : std::numeric_limits<T>::infinity());
+      }
+      if (cnt == 0) y = T(0.5) * (xj + xk);  // midpoint of the interval of minimizers
+    }
+    return st;
+  }
+  buf.assign(x, x + n);
+  std::nth_element(buf.begin(), buf.begin() + (n - 1) / 2, buf.end());
+  const T median = buf[(n - 1) / 2];
+  T y1, y2, f1, f2;
+  int s1, s2;
+  if (pen == WELSCH) {
+    s1 = welsch_local(x, n, a, mean, y1, f1);
+    s2 = welsch_local(x, n, a, median, y2, f2);
+  } else {
+    s1 = tq_local(x, n, a, mean, y1);
+    s2 = tq_local(x, n, a, median, y2);
+    f1 = tq_objective(x, n, a, y1);
+    f2 = tq_objective(x, n, a, y2);
+  }
+  if (f2 < f1) { y = y2; return s2; }
+  y = y1;
+  return s1;
+}
+
+template <typename T>
+static void pool_forward(const T* x, const T* alpha, T* y, int8_t* status, int64_t n,
+                         int pen, int64_t r0, int64_t r1) {
+  std::vector<T> buf;
+  for (int64_t b = r0; b < r1; ++b) status[b] = (int8_t)pool_row(x + b * n, n, alpha[b], pen, buf, y[b]);
+}
+
+// ---------------------------------------------------------------- robust pooling, backward
+// gx_i = v φ''(y − x_i)/H, H = Σ φ''; ga = −v Σ ∂_α φ'(y − x_i)/H.
+template <typename T>
+static inline T d2(T z, T a, T ia, int pen) {
+  if (pen == PHUBER) { T u = z * ia; T s = T(1) / std::sqrt(T(1) + u * u); return s * s * s; }
+  if (pen == HUBER) return std::abs(z) <= a ? T(1) : T(0);
+  if (pen == WELSCH) { T u = z * ia, u2 = u * u; return (T(1) - u2) * vexp(T(-0.5) * u2) * ia * ia; }
+  if (pen == TRUNC) return std::abs(z) < a ? T(1) : T(0);
+  return T(1);
+}
+
+template <typename T>
+static int pool_back_row(const T* x, int64_t n, T y, T a, int pen, T v, T* gx, bool need_a, T& ga) {
+  const T ia = T(1) / a;
+  T H = 0, D = 0;
+  ga = 0;
+  if (pen == QUAD) {
+    H = T(n);
+  } else if (pen == PHUBER) {
+#pragma omp simd reduction(+ : H, D)
+    for (int64_t i = 0; i < n; ++i) {
+      T u = (y - x[i]) * ia;
+      T s = T(1) / std::sqrt(T(1) + u * u), s3 = s * s * s;
+      H += s3;
+      D += u * u * u * s3;
+    }
+  } else if (pen == HUBER) {
+#pragma omp simd reduction(+ : H, D)
+    for (int64_t i = 0; i < n; ++i) {
+      T z = y - x[i];
+      bool inl = std::abs(z) <= a;
+      H += inl ? T(1) : T(0);
+      D += inl ? T(0) : (z > 0 ? T(1) : T(-1));
+    }
+  } else if (pen == WELSCH) {
+#pragma omp simd reduction(+ : H, D)
+    for (int64_t i = 0; i < n; ++i) {
+      T z = y - x[i], u = z * ia, u2 = u * u;
+      T w = vexp(T(-0.5) * u2) * ia * ia;
+      H += (T(1) - u2) * w;
+      D += z * w * (u2 - T(2)) * ia;
+    }
+  } else {
+#pragma omp simd reduction(+ : H)
+    for (int64_t i = 0; i < n; ++i) H += std::abs(y - x[i]) < a ? T(1) : T(0);
+  }
+  if (H > 0) {
+    const T c = v / H;  // v H⁻¹, then gx = −(v H⁻¹) B with B_i = −φ''
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) gx[i] = c * d2(y - x[i], a, ia, pen);
+    if (need_a) ga = -v * D / H;
+    return 0;
+  }
+  if (pen == HUBER) {  // y is the midpoint of the interval of minimizers
+    T xj = -std::numeric_limits<T>::infinity(), xk = std::numeric_limits<T>::infinity();
+    for (int64_t i = 0; i < n; ++i) {
+      T z = y - x[i];
+      if (z > a) xj = std::max(xj, x[i]);
+      if (z < -a) xk = std::min(xk, x[i]);
+    }
+    T cj = 0, ck = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      T z = y - x[i];
+      cj += (z > a && x[i] == xj) ? T(1) : T(0);
+      ck += (z < -a && x[i] == xk) ? T(1) : T(0);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      T z = y - x[i];
+      gx[i] = (z > a && x[i] == xj) ? T(0.5) * v / cj : ((z < -a && x[i] == xk) ? T(0.5) * v / ck : T(0));
+    }
+    return 0;
+  }
+  if (pen == TRUNC) {  // flat objective, y stayed at the mean
+    for (int64_t i = 0; i < n; ++i) gx[i] = v / T(n);
+    return 0;
+  }
+  for (int64_t i = 0; i < n; ++i) gx[i] = 0;
+  return 1;
+}
+
+template <typename T>
+static void pool_backward(const T* x, const T* y, const T* alpha, const T* v, T* gx, T* ga,
+                          int8_t* status, int64_t n, int pen, int need_a, int64_t r0, int64_t r1) {
+  for (int64_t b = r0; b < r1; ++b) {
+    T g;
+    status[b] = (int8_t)pool_back_row(x + b * n, n, y[b], alpha[b], pen, v[b], gx + b * n,
+                                      need_a != 0, g);
+    if (need_a) ga[b] = g;
+  }
+}
+
+// ---------------------------------------------------------------- projections
+// kind: 0 sphere, 1 ball, 2 simplex; p: 1, 2, 0 (= inf).
+// Threshold τ with Σ max(a_i − τ, 0) = r (Michelot's pivoting; same τ as Duchi's sort).
+template <typename T>
+static T threshold(const T* a, int64_t n, T r, T total) {
+  T tau = (total - r) / T(n), prev = T(n);
+  for (int it = 0; it < 1000; ++it) {
+    T s = 0, c = 0;
+    const T t = tau;
+#pragma omp simd reduction(+ : s, c)
+    for (int64_t i = 0; i < n; ++i) {
+      bool in = a[i] > t;
+      s += in ? a[i] : T(0);
+      c += in ? T(1) : T(0);
+    }
+    tau = (s - r) / c;
+    if (c == prev) break;
+    prev = c;
+  }
+  return tau;
+}
+
+template <typename T>
+static int proj_row(const T* x, T* y, int64_t n, T r, int p, int kind, T& aux) {
+  T acc = 0;
+  if (kind == 2) {  // simplex
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) acc += x[i];
+    if (!finite_bits(acc)) return 2;
+    T tau = threshold(x, n, r, acc);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] > tau ? x[i] - tau : T(0);
+    aux = 1;
+    return 0;
+  }
+  if (p == 2) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) acc += x[i] * x[i];
+    if (!finite_bits(acc)) return 2;
+    T nrm = std::sqrt(acc);
+    aux = nrm;
+    if (kind == 0 && nrm == 0) {
+      T c = r / std::sqrt(T(n));
+      for (int64_t i = 0; i < n; ++i) y[i] = c;
+      return 0;
+    }
+    T sc = (kind == 1 && !(nrm > r)) ? T(1) : r / nrm;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sc;
+    return 0;
+  }
+  if (p == 1) {
+    T s = 0;
+#pragma omp simd reduction(+ : acc, s)
+    for (int64_t i = 0; i < n; ++i) { acc += std::abs(x[i]); s += x[i]; }
+    if (!finite_bits(s) || !finite_bits(acc)) return 2;
+    if (acc > r) {
+      // τ on |x|: copy |x| into y, then shrink
+      for (int64_t i = 0; i < n; ++i) y[i] = std::abs(x[i]);
+      T tau = threshold(y, n, r, acc);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        T m = y[i] - tau;
+        m = m > 0 ? m : T(0);
+        y[i] = x[i] > 0 ? m : (x[i] < 0 ? -m : T(0));
+      }
+      aux = 1;
+    } else if (kind == 0) {
+      T tau = (r - acc) / T(n);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i] + (x[i] >= 0 ? tau : -tau);
+      aux = 1;
+    } else {
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i];
+      aux = 0;
+    }
+    return 0;
+  }
+  T m = 0;  // p = inf
+  T s = 0;
+#pragma omp simd reduction(max : m) reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) { m = std::max(m, std::abs(x[i])); s += x[i]; }
+  if (!finite_bits(s)) return 2;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > r ? r : (x[i] < -r ? -r : x[i]);
+  aux = kind == 1 ? (m > r ? T(1) : T(0)) : T(1);
+  if (kind == 0 && m < r) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; ++i) if (std::abs(x[i]) == m) { k = i; break; }
+    y[k] = x[k] >= 0 ? r : -r;
+  }
+  return 0;
+}
+
+template <typename T>
+static void proj_forward(const T* x, const T* r, T* y, T* aux, int8_t* status, int64_t n, int p,
+                         int kind, int64_t r0, int64_t r1) {
+  for (int64_t b = r0; b < r1; ++b) status[b] = (int8_t)proj_row(x + b * n, y + b * n, n, r[b], p, kind, aux[b]);
+}
+
+template <typename T>
+static void proj_back_row(const T* v, const T* y, T* gx, int64_t n, T r, T aux, int p, int kind,
+                          int masked, T& gr) {
+  if (kind == 2) {  // simplex
+    T sv = 0, c = 0;
+#pragma omp simd reduction(+ : sv, c)
+    for (int64_t i = 0; i < n; ++i) { bool s = y[i] > 0; sv += s ? v[i] : T(0); c += s ? T(1) : T(0); }
+    T m = sv / c;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) gx[i] = y[i] > 0 ? v[i] - m : T(0);
+    gr = m;
+    return;
+  }
+  bool active = p == 2 ? (kind == 0 || aux > r) : aux > 0;
+  if (!active) {
+    for (int64_t i = 0; i < n; ++i) gx[i] = v[i];
+    gr = 0;
+    return;
+  }
+  if (p == 2) {
+    const T ir = T(1) / r;
+    T yv = 0;
+#pragma omp simd reduction(+ : yv)
+    for (int64_t i = 0; i < n; ++i) yv += y[i] * ir * v[i];
+    gr = yv;
+    if (aux == 0) { for (int64_t i = 0; i < n; ++i) gx[i] = 0; return; }
+    const T c = r / aux;  // (r/‖x‖)(I − ŷŷᵀ)v
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) gx[i] = c * (v[i] - y[i] * ir * yv);
+    return;
+  }
+  if (p == 1) {
+    T sv = 0, c = 0;
+#pragma omp simd reduction(+ : sv, c)
+    for (int64_t i = 0; i < n; ++i) {
+      T s = y[i] > 0 ? T(1) : (y[i] < 0 ? T(-1) : T(0));
+      sv += s * v[i];
+      c += s * s;
+    }
+    sv /= (c > 0 ? c : T(1));
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      T s = y[i] > 0 ? T(1) : (y[i] < 0 ? T(-1) : T(0));
+      gx[i] = (masked ? v[i] * s * s : v[i]) - s * sv;
+    }
+    gr = sv;
+    return;
+  }
+  T sv = 0, c = 0;  // p = inf
+#pragma omp simd reduction(+ : sv, c)
+  for (int64_t i = 0; i < n; ++i) {
+    bool t = std::abs(y[i]) >= r;
+    sv += t ? (y[i] >= 0 ? v[i] : -v[i]) : T(0);
+    c += t ? T(1) : T(0);
+  }
+  if (masked) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) gx[i] = std::abs(y[i]) >= r ? T(0) : v[i];
+    gr = sv;
+  } else {
+    sv /= (c > 0 ? c : T(1));
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      T s = std::abs(y[i]) >= r ? (y[i] >= 0 ? T(1) : T(-1)) : T(0);
+      gx[i] = v[i] - s * sv;
+    }
+    gr = sv;
+  }
+}
+
+template <typename T>
+static void proj_backward(const T* v, const T* y, const T* r, const T* aux, T* gx, T* gr, int64_t n,
+                          int p, int kind, int masked, int64_t r0, int64_t r1) {
+  for (int64_t b = r0; b < r1; ++b)
+    proj_back_row(v + b * n, y + b * n, gx + b * n, n, r[b], aux[b], p, kind, masked, gr[b]);
+}
+
+}  // namespace
+
+#define DDN_EXPORT(T, S)                                                                       \
+  extern "C" void pool_forward_##S(const T* x, const T* a, T* y, int8_t* st, int64_t n, int pen, \
+                                   int64_t r0, int64_t r1) {                                   \
+    pool_forward<T>(x, a, y, st, n, pen, r0, r1);                                              \
+  }                                                                                            \
+  extern "C" void pool_backward_##S(const T* x, const T* y, const T* a, const T* v, T* gx,       \
+                                    T* ga, int8_t* st, int64_t n, int pen, int need_a,         \
+                                    int64_t r0, int64_t r1) {                                  \
+    pool_backward<T>(x, y, a, v, gx, ga, st, n, pen, need_a, r0, r1);                          \
+  }                                                                                            \
+  extern "C" void proj_forward_##S(const T* x, const T* r, T* y, T* aux, int8_t* st, int64_t n,  \
+                                   int p, int kind, int64_t r0, int64_t r1) {                  \
+    proj_forward<T>(x, r, y, aux, st, n, p, kind, r0, r1);                                     \
+  }                                                                                            \
+  extern "C" void proj_backward_##S(const T* v, const T* y, const T* r, const T* aux, T* gx,     \
+                                    T* gr, int64_t n, int p, int kind, int masked, int64_t r0, \
+                                    int64_t r1) {                                              \
+    proj_backward<T>(v, y, r, aux, gx, gr, n, p, kind, masked, r0, r1);                        \
+  }
+
+DDN_EXPORT(float, f32)
+DDN_EXPORT(double, f64)

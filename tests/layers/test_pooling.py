@@ -1,0 +1,316 @@
+"""Robust pooling on both floors: forward vs brute force, gradients vs finite differences, vs the
+reference floor, vs the generic declarative nodes, bad input, shapes, threads, CUDA."""
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize_scalar
+
+import ddn.reference as R
+import ddn.torch as T
+from ddn import DDNError, DDNWarning
+from ddn.torch import _kernels
+from ddn.torch.pooling import _phi
+
+PENALTIES = R.PENALTIES
+ALPHAS = (0.5, 1.0, 2.0)
+F64 = torch.float64
+
+
+def brute_force(x, pen, alpha):
+    """Global minimizer of Σφ(u − x_i): dense grid, then a bounded 1-D refinement."""
+    grid = np.linspace(x.min() - 1, x.max() + 1, 40001)
+    f = R.penalty(grid[:, None] - x[None, :], pen, alpha).sum(1)
+    k = int(np.argmin(f))
+    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
+    res = minimize_scalar(lambda u: float(R.penalty(u - x, pen, alpha).sum()), bounds=(lo, hi),
+                          method="bounded", options={"xatol": 1e-13})
+    return res.x, min(res.fun, f[k])
+
+
+def objective(x, y, pen, alpha):
+    return float(R.penalty(y - x, pen, alpha).sum())
+
+
+def clustered(rng, n=12, outliers=3):
+    """Inliers near 0.3 plus a few far outliers: the paper's protocol finds the global minimum."""
+    x = 0.3 + 0.08 * rng.standard_normal(n)
+    x[:outliers] = rng.uniform(4, 8, outliers) * rng.choice([-1, 1], outliers)
+    return x
+
+
+def away_from_kinks(x, pen, alpha, margin=1e-3):
+    if pen not in ("huber", "truncated-quadratic"):
+        return True
+    y = R.robust_pool(x, pen, alpha)
+    return np.abs(np.abs(y - x) - alpha).min() > margin
+
+
+# ----------------------------------------------------------------------------- reference floor
+@pytest.mark.parametrize("pen", PENALTIES)
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_reference_forward_matches_brute_force(pen, alpha):
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        x = clustered(rng) if pen in ("welsch", "truncated-quadratic") else rng.standard_normal(9) * 2
+        y = R.robust_pool(x, pen, alpha)
+        yb, fb = brute_force(x, pen, alpha)
+        assert objective(x, y, pen, alpha) <= fb + 1e-9
+        if pen != "huber":  # Huber's minimizer may be an interval; the objective check covers it
+            assert y == pytest.approx(yb, abs=1e-5)
+
+
+@pytest.mark.parametrize("pen", ["welsch", "truncated-quadratic"])
+def test_reference_nonconvex_protocol_on_random_data(pen):
+    """On arbitrary data the paper's protocol gives a local minimum no worse than either start."""
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        x = rng.standard_normal(11) * 3
+        y = R.robust_pool(x, pen, 1.0)
+        med = np.sort(x)[(x.size - 1) // 2]
+        f = objective(x, y, pen, 1.0)
+        assert f <= min(objective(x, x.mean(), pen, 1.0), objective(x, med, pen, 1.0)) + 1e-12
+        for d in (1e-4, -1e-4):
+            assert f <= objective(x, y + d, pen, 1.0) + 1e-12
+
+
+@pytest.mark.parametrize("pen", PENALTIES)
+def test_reference_jacobian_vs_finite_differences_and_generic(pen):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(8)
+    assert away_from_kinks(x, pen, 0.8)
+    node = R.RobustPoolNode(pen, 0.8)
+    J = node.jacobian(x)
+    e = 1e-6
+    fd = np.array([(R.robust_pool(x + e * d, pen, 0.8) - R.robust_pool(x - e * d, pen, 0.8)) / (2 * e)
+                   for d in np.eye(8)])
+    np.testing.assert_allclose(J[0], fd, atol=1e-7)
+    np.testing.assert_allclose(J, R.DeclarativeNode.jacobian(node, x), atol=1e-10)  # generic Prop. 4.4
+    v = np.array([0.7])
+    np.testing.assert_allclose(node.vjp(x, v), 0.7 * J[0], atol=1e-14)
+    da = (R.robust_pool(x, pen, 0.8 + e) - R.robust_pool(x, pen, 0.8 - e)) / (2 * e)
+    assert node.jacobian_alpha(x)[0] == pytest.approx(da, abs=1e-7)
+
+
+def test_reference_huber_interval_midpoint():
+    """No inlier: the minimizers form an interval; y is its midpoint, Dy = ½(e_j + e_k)."""
+    x = np.array([-10.0, -11.0, 10.0, 12.0])
+    node = R.RobustPoolNode("huber", 1.0)
+    y = R.robust_pool(x, "huber", 1.0)
+    assert y == pytest.approx(0.0)  # interval [x_j + α, x_k − α] = [-9, 9]
+    np.testing.assert_allclose(node.jacobian(x)[0], [0.5, 0, 0.5, 0])
+    assert node.jacobian_alpha(x)[0] == 0
+
+
+def test_reference_bad_input():
+    with pytest.raises(DDNError, match="NaN or Inf"):
+        R.robust_pool(np.array([1.0, np.nan]), "huber")
+    with pytest.raises(DDNError, match="empty"):
+        R.robust_pool(np.zeros(0), "huber")
+    with pytest.raises(DDNError, match="unknown penalty"):
+        R.RobustPoolNode("cauchy")
+    with pytest.raises(DDNError, match="alpha"):
+        R.robust_pool(np.ones(3), "huber", alpha=0.0)
+    with pytest.raises(DDNError, match="overflows"):
+        R.robust_pool(np.array([1e300, 0.0]), "welsch", 1e-10)
+    assert R.robust_pool(np.array([2.5]), "welsch") == 2.5
+    np.testing.assert_allclose(R.RobustPoolNode("welsch").jacobian(np.full(4, 3.0)), [[0.25] * 4])
+
+
+# ----------------------------------------------------------------------------- torch floor
+def _rows(rng, B, n, pen):
+    xs = []
+    while len(xs) < B:
+        x = clustered(rng, n) if pen in ("welsch", "truncated-quadratic") else rng.standard_normal(n) * 2
+        if all(away_from_kinks(x, pen, a) for a in ALPHAS):
+            xs.append(x)
+    return torch.tensor(np.stack(xs))
+
+
+@pytest.mark.parametrize("pen", PENALTIES)
+def test_torch_matches_reference(pen, backend):
+    rng = np.random.default_rng(4)
+    x = _rows(rng, 16, 10, pen)
+    for a in ALPHAS:
+        y = T.robust_pool(x, pen, a)
+        yr = [R.robust_pool(r.numpy(), pen, a) for r in x]
+        np.testing.assert_allclose(y.numpy(), yr, atol=1e-8, rtol=0)
+        xg = x.clone().requires_grad_()
+        at = torch.tensor(a, dtype=F64, requires_grad=True)
+        v = torch.randn(16, dtype=F64)
+        gx, ga = torch.autograd.grad((T.robust_pool(xg, pen, at) * v).sum(), (xg, at))
+        node = R.RobustPoolNode(pen, a)
+        np.testing.assert_allclose(gx.numpy(), [node.vjp(r.numpy(), [vi]) for r, vi in zip(x, v)],
+                                   atol=1e-8)
+        ga_ref = sum(float(vi) * node.jacobian_alpha(r.numpy())[0] for r, vi in zip(x, v))
+        assert float(ga) == pytest.approx(ga_ref, abs=1e-8)
+
+
+@pytest.mark.parametrize("pen", PENALTIES)
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_torch_gradcheck(pen, alpha, backend):
+    rng = np.random.default_rng(5)
+    x = _rows(rng, 3, 7, pen).requires_grad_()
+    a = torch.full((3,), alpha, dtype=F64, requires_grad=True)  # one α per row
+    assert torch.autograd.gradcheck(lambda x, a: T.robust_pool(x, pen, a), (x, a), atol=1e-6)
+
+
+@pytest.mark.parametrize("pen", PENALTIES)
+def test_torch_forward_optimality_residual_float32(pen, backend):
+    """float32: Σφ'(y − x_i) evaluated in float64 at the float32 y is at rounding level."""
+    rng = np.random.default_rng(6)
+    x = _rows(rng, 32, 200, pen).float()
+    y = T.robust_pool(x, pen, 1.0).double()
+    xd = x.double()
+    z = (y[:, None] - xd).requires_grad_()
+    g = torch.autograd.grad(_phi(z, pen, torch.tensor(1.0, dtype=F64)).sum(), z)[0]
+    scale = g.abs().sum(-1) + 1e-30
+    H = torch.autograd.functional.jacobian  # noqa: F841 (documentation: H = Σφ'')
+    assert (g.sum(-1).abs() / scale).max() < 1e-4
+
+
+def test_torch_huber_interval_and_degenerate(backend):
+    x = torch.tensor([[-10.0, -11.0, 10.0, 12.0], [1.0, 2.0, 3.0, 4.0]], dtype=F64, requires_grad=True)
+    y = T.robust_pool(x, "huber", 1.0)
+    assert y[0].item() == pytest.approx(0.0)
+    (g,) = torch.autograd.grad(y[0], x)
+    np.testing.assert_allclose(g[0].numpy(), [0.5, 0, 0.5, 0])
+    assert torch.autograd.gradcheck(lambda x: T.robust_pool(x, "huber", 1.0), (x,))
+
+
+def test_torch_vs_generic_declarative_node(backend):
+    """The closed-form VJP equals the generic implicit differentiation of the same objective."""
+    if not hasattr(T, "DeclarativeNode"):
+        pytest.skip("ddn.torch.DeclarativeNode not available yet")
+
+    class Pool(T.DeclarativeNode):
+        def __init__(self, pen):
+            super().__init__(output_shape=1)
+            self.pen = pen
+
+        def objective(self, x, a, y):
+            return _phi(y - x, self.pen, a[:, None]).sum(-1)
+
+        def solve(self, x, a):
+            return T.robust_pool(x.detach(), self.pen, a.detach(), keepdim=True), {}
+
+    rng = np.random.default_rng(7)
+    for pen in ("quadratic", "pseudo-huber", "welsch"):
+        x = _rows(rng, 4, 6, pen).requires_grad_()
+        a = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=F64, requires_grad=True)
+        v = torch.randn(4, dtype=F64)
+        g1 = torch.autograd.grad((T.robust_pool(x, pen, a) * v).sum(), (x, a))
+        g2 = torch.autograd.grad((T.DeclarativeLayer(Pool(pen))(x, a)[:, 0] * v).sum(), (x, a))
+        for p, q in zip(g1, g2):
+            torch.testing.assert_close(p, q, atol=1e-8, rtol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_any_dim_keepdim_and_alpha_shapes(dtype, backend):
+    x = torch.randn(3, 5, 4, dtype=dtype)
+    y = T.robust_pool(x, "pseudo-huber", 0.7, dim=1, keepdim=True)
+    assert y.shape == (3, 1, 4) and y.dtype == dtype
+    ref = T.robust_pool(x.transpose(1, 2), "pseudo-huber", 0.7)
+    torch.testing.assert_close(y.squeeze(1), ref)
+    a = torch.rand(3, 1, 4, dtype=dtype) + 0.5  # per-output α
+    y2 = T.robust_pool(x, "welsch", a, dim=-2)
+    assert y2.shape == (3, 4)
+    for i in range(3):
+        for j in range(4):
+            assert y2[i, j].item() == pytest.approx(
+                R.robust_pool(x[i, :, j].double().numpy(), "welsch", float(a[i, 0, j])), abs=1e-5)
+
+
+def test_torch_bad_input(backend):
+    with pytest.raises(DDNError, match="NaN or Inf"):
+        T.robust_pool(torch.tensor([[1.0, float("nan")]]), "huber")
+    with pytest.raises(DDNError, match="NaN or Inf"):
+        T.robust_pool(torch.tensor([[1.0, float("inf")]]), "welsch")
+    with pytest.raises(DDNError, match="empty"):
+        T.robust_pool(torch.zeros(3, 0), "huber")
+    with pytest.raises(DDNError, match="unknown penalty"):
+        T.robust_pool(torch.zeros(3, 2), "cauchy")
+    with pytest.raises(DDNError, match="alpha"):
+        T.robust_pool(torch.zeros(3, 2), "huber", alpha=-1.0)
+    with pytest.raises(DDNError, match="alpha"):
+        T.robust_pool(torch.zeros(3, 2), "huber", alpha=torch.tensor(0.0))
+    with pytest.raises(DDNError, match="overflows"):
+        T.robust_pool(torch.tensor([[3e37, 0.0]]), "pseudo-huber", 1.0)
+    # size-1 pooled dim: y = x, gradient 1; all-equal values: that value, gradient 1/n
+    x = torch.randn(4, 1, dtype=F64, requires_grad=True)
+    y = T.robust_pool(x, "welsch")
+    torch.testing.assert_close(y, x[:, 0])
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, torch.ones_like(x))
+    x = torch.full((2, 5), 3.0, dtype=F64, requires_grad=True)
+    for pen in PENALTIES:
+        y = T.robust_pool(x, pen)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(y, torch.full((2,), 3.0, dtype=F64))
+        torch.testing.assert_close(g, torch.full_like(x, 0.2))
+    # huge but representable magnitudes pool fine
+    x = torch.tensor([[1e15, 1e15 + 2, 1e15 + 4]], dtype=F64)
+    assert T.robust_pool(x, "pseudo-huber").item() == pytest.approx(1e15 + 2, rel=1e-15)
+
+
+def test_torch_zero_curvature_warns(backend):
+    """Welsch at a flat point (H underflows to 0): zero gradient, counted, and a DDNWarning."""
+    from ddn.torch import pooling
+    x = torch.tensor([[0.0, 100.0]], dtype=F64)
+    a, y, v = torch.ones(1, dtype=F64), torch.tensor([50.0], dtype=F64), torch.ones(1, dtype=F64)
+    if backend == "kernel":
+        g, _, nbad = _kernels.pool_backward(x, y, a, v, "welsch", True)
+    else:
+        w, _, nbad = pooling._weights_eager(x, y, "welsch", a[:, None], True)
+        g = v[:, None] * w
+    assert nbad == 1 and torch.all(g == 0)
+    with pytest.warns(DDNWarning, match="not differentiable"):
+        pooling._warn_bad("welsch", nbad)
+
+
+def test_module_learnable_alpha_and_to(backend):
+    layer = T.RobustPool("pseudo-huber", alpha=0.5, learn_alpha=True)
+    x = torch.randn(6, 20)
+    layer(x).sum().backward()
+    assert layer.log_alpha.grad is not None and torch.isfinite(layer.log_alpha.grad)
+    fixed = T.RobustPool("huber", alpha=0.5, dim=0).to(F64)
+    assert fixed.alpha.dtype == F64
+    assert fixed(torch.randn(7, 3, dtype=F64)).shape == (3,)
+
+
+def test_two_threads_large_batch_kernel_vs_eager(monkeypatch):
+    """Under torch.set_num_threads(2) the row-split kernel equals the eager oracle."""
+    if _kernels.lib() is None:
+        pytest.skip(f"compiled kernel unavailable: {_kernels._state['error']}")
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(97, 4099)
+        v = torch.randn(97)
+        for pen in ("pseudo-huber", "welsch", "truncated-quadratic"):
+            out = []
+            for enabled in (True, False):
+                monkeypatch.setattr(_kernels, "ENABLED", enabled)
+                xg = x.clone().requires_grad_()
+                y = T.robust_pool(xg, pen, 0.8)
+                (g,) = torch.autograd.grad((y * v).sum(), xg)
+                out.append((y, g))
+            torch.testing.assert_close(out[0][0], out[1][0], atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(out[0][1], out[1][1], atol=2e-5, rtol=1e-3)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("pen", PENALTIES)
+def test_cuda_matches_cpu(pen):
+    x = torch.randn(64, 33, dtype=F64)
+    a = torch.tensor(0.9, dtype=F64, requires_grad=True)
+    xc = x.cuda().requires_grad_()
+    ac = a.detach().cuda().requires_grad_()
+    yc = T.robust_pool(xc, pen, ac)
+    yc.sum().backward()
+    xx = x.clone().requires_grad_()
+    y = T.robust_pool(xx, pen, a)
+    y.sum().backward()
+    torch.testing.assert_close(yc.cpu(), y, atol=1e-8, rtol=0)
+    torch.testing.assert_close(xc.grad.cpu(), xx.grad, atol=1e-8, rtol=1e-6)
