@@ -64,29 +64,41 @@ class GradientReport:
     __repr__ = __str__
 
 
-def finite_difference_jacobian(solve, x, eps=1e-5, side="central"):
-    """Jacobian of ``solve: (n,) -> (m,)`` by finite differences, (m, n).
+def finite_difference_jacobian(solve, x, eps=1e-5, side="central", directions=None):
+    """Jacobian of ``solve: (n,) -> (m,)`` by finite differences, (m, n) — or, with
+    ``directions`` U (n, k), the directional derivatives Dy·U, (m, k).
 
-    side="central": (y(x + h e_j) − y(x − h e_j)) / 2h; "forward" / "backward": one-sided,
-    second order ((−3y(x) + 4y(x ± h e_j) − y(x ± 2h e_j)) / ±2h), for points where y is smooth
-    on one side only (weakly active constraints).
-    h = eps · max(1, |x_j|).
+    side="central": (y(x + h u) − y(x − h u)) / 2h; "forward" / "backward": one-sided,
+    second order ((−3y(x) + 4y(x ± h u) − y(x ± 2h u)) / ±2h), for points where y is smooth
+    on one side only (weakly active constraints). h = eps · max(1, |x_j|) along e_j, eps along
+    a direction u.
     """
     x = np.asarray(x, dtype=float)
+    if side not in ("central", "forward", "backward"):
+        raise DDNError(f"side must be 'central', 'forward' or 'backward', got {side!r}.")
+    if directions is None:
+        U, hs = np.eye(x.size), [eps * max(1.0, abs(xj)) for xj in x]
+    else:
+        U = np.asarray(directions, dtype=float).reshape(x.size, -1)
+        hs = [eps] * U.shape[1]
+    y0 = solve(x) if side != "central" else None
     cols = []
-    for j in range(x.size):
-        h = eps * max(1.0, abs(x[j]))
-        e = np.zeros_like(x)
-        e[j] = h
+    for u, h in zip(U.T, hs):
+        e = h * u
         if side == "central":
             cols.append((solve(x + e) - solve(x - e)) / (2 * h))
-        elif side == "forward":  # second order: (−3y(x) + 4y(x + h) − y(x + 2h)) / 2h
-            cols.append((-3 * solve(x) + 4 * solve(x + e) - solve(x + 2 * e)) / (2 * h))
-        elif side == "backward":
-            cols.append((3 * solve(x) - 4 * solve(x - e) + solve(x - 2 * e)) / (2 * h))
+        elif side == "forward":
+            cols.append((-3 * y0 + 4 * solve(x + e) - solve(x + 2 * e)) / (2 * h))
         else:
-            raise DDNError(f"side must be 'central', 'forward' or 'backward', got {side!r}.")
+            cols.append((3 * y0 - 4 * solve(x - e) + solve(x - 2 * e)) / (2 * h))
     return np.column_stack(cols)
+
+
+def _is_default(value, default):
+    if value is default:
+        return True
+    return isinstance(value, (int, float)) and isinstance(default, (int, float)) \
+        and value == default
 
 
 def _is_torch(node):
@@ -118,27 +130,35 @@ def _diagnose(node, x, y, ctx):
             "messages": list(opt.messages), "rule": opt.rule}
 
 
+_DEFAULTS = {"y": None, "ctx": None, "eps": 1e-5, "rtol": 1e-6, "atol": 1e-9,
+             "residual_tol": 1e-6, "seed": 0, "directions": None}
+
+
 def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
-                   residual_tol=1e-6, seed=0, **kwargs):
+                   residual_tol=1e-6, seed=0, directions=None, **kwargs):
     """Check a node's implicit gradient against central finite differences of its solver.
 
     Args:
         node: a ``ddn.reference`` node (or a torch-floor node, handed to
-            ``ddn.torch.check.check_gradient_torch`` with the same arguments).
+            ``ddn.torch.check.check_gradient_torch`` with the options given here).
         *xs: the input x (n,) — one array for the reference floor.
         y, ctx: a solution from ``node.solve(x)`` to check (solved here when None).
         eps: finite-difference step (scaled by max(1, |x_j|)).
         rtol, atol: pass when max |Dy − Dy_fd| ≤ atol or ≤ rtol · max |Dy_fd|.
         residual_tol: largest optimality residual accepted.
-        seed: for the random v of the vjp check.
+        seed: for the random v of the vjp check (and the random directions).
+        directions: None (every coordinate: 2n solves) or k, to compare Dy·u with a finite
+            difference along k random unit directions u (2k solves; for large n).
     Returns:
         :class:`GradientReport`. DDNWarnings raised while checking are recorded in
         ``messages`` instead of propagating; DDNErrors are reported with ``ok=False``.
     """
     if _is_torch(node):
         from ddn.torch.check import check_gradient_torch
-        return check_gradient_torch(node, *xs, y=y, ctx=ctx, eps=eps, rtol=rtol, atol=atol,
-                                    residual_tol=residual_tol, seed=seed, **kwargs)
+        given = dict(y=y, ctx=ctx, eps=eps, rtol=rtol, atol=atol, residual_tol=residual_tol,
+                     seed=seed, directions=directions)
+        given = {k: v for k, v in given.items() if not _is_default(v, _DEFAULTS[k])}
+        return check_gradient_torch(node, *xs, **given, **kwargs)
     if kwargs:
         raise DDNError(f"check_gradient: unknown options {sorted(kwargs)} for a reference node.")
     if len(xs) != 1:
@@ -155,10 +175,15 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
             x = np.asarray(x, dtype=float)
             diag = _diagnose(node, x, y, ctx)
             J = node.jacobian(x, y, ctx)
-            v = np.random.default_rng(seed).standard_normal(np.size(y))
+            rng = np.random.default_rng(seed)
+            v = rng.standard_normal(np.size(y))
             vjp_err = float(np.max(np.abs(node.vjp(x, v, y, ctx) - v @ J)))
+            U = None
+            if directions is not None:
+                U = rng.standard_normal((x.size, int(directions)))
+                U /= np.linalg.norm(U, axis=0)
             sides = ["central"] + (["forward", "backward"] if diag["weakly_active"] else [])
-            fds = {s: finite_difference_jacobian(lambda z: node.solve(z)[0], x, eps, s)
+            fds = {s: finite_difference_jacobian(lambda z: node.solve(z)[0], x, eps, s, U)
                    for s in sides}
         except DDNError as e:
             return GradientReport(False, nan, nan, nan, messages=[f"DDNError: {e}"],
@@ -167,6 +192,7 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
     messages += [str(w.message) for w in caught if str(w.message) not in messages]
     # compare with central differences; a one-sided gradient (weakly active constraint) must
     # match, column by column, the forward or the backward difference
+    J_full, J = J, (J if U is None else J @ U)  # compare Dy·U along random directions
     side, Jfd = "central", fds["central"]
     if diag["weakly_active"]:
         fwd, bwd = fds["forward"], fds["backward"]
@@ -183,7 +209,7 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
     max_abs = float(np.max(np.abs(J - Jfd)))
     max_rel = max_abs / max(float(np.max(np.abs(Jfd))), np.finfo(float).tiny)
     grad_ok = max_abs <= atol or max_rel <= rtol
-    vjp_ok = vjp_err <= max(atol, rtol * max(1.0, float(np.max(np.abs(J)))))
+    vjp_ok = vjp_err <= max(atol, rtol * max(1.0, float(np.max(np.abs(J_full)))))
     res_ok = diag["residual"] <= residual_tol
     if not grad_ok:
         messages.append(f"implicit Dy differs from finite differences (max rel err "
@@ -194,8 +220,8 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
         messages.append(f"optimality residual {diag['residual']:.2e} > {residual_tol:.0e}: y is "
                         "not an accurate solution")
     wrong_sign = any("λ > 0" in m for m in messages)
-    details.update(jacobian=J, fd_jacobian=Jfd, fd_side=side, vjp_error=vjp_err,
-                   rule=diag["rule"])
+    details.update(jacobian=J_full, fd_jacobian=Jfd, fd_side=side, vjp_error=vjp_err,
+                   rule=diag["rule"], directions=U)
     return GradientReport(
         ok=bool(grad_ok and vjp_ok and res_ok and not wrong_sign), max_abs_error=max_abs,
         max_rel_error=max_rel, residual=float(diag["residual"]), cond_H=float(diag["cond_H"]),

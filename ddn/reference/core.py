@@ -138,6 +138,8 @@ def prop_4_5_jacobian(H, A, B, C, *, singular="error", proximal_delta=1e-6, nonr
     with H = D²_YY L (m, m), A = D_Y h̃ (p̃, m), B = D²_XY L (m, n), C = D_X h̃ (p̃, n),
     L = f − λᵀh̃. Non-regular A follows ``nonregular`` (Sec. 4.7.3).
     """
+    if A.shape[0] == 0:  # nothing active: Prop. 4.4
+        return prop_4_4_jacobian(H, B, singular=singular, proximal_delta=proximal_delta)
     cs = ConstraintSolve(A, nonregular)
     if cs.pinned:  # rank A = m < p̃: y is fixed by the constraints, Dy = −A⁺C
         return -np.linalg.lstsq(A, C, rcond=None)[0]

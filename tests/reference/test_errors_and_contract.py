@@ -223,8 +223,23 @@ def test_check_gradient_hands_torch_nodes_to_the_torch_floor(monkeypatch):
     class TorchNode:
         floor = "torch"
 
-    rep = check_gradient(TorchNode(), "a", "b", rtol=1e-4)
-    assert rep.ok and calls and calls[0][1] == ("a", "b") and calls[0][2]["rtol"] == 1e-4
+    rep = check_gradient(TorchNode(), "a", "b", rtol=1e-4, batch_index=3)
+    assert rep.ok and calls and calls[0][1] == ("a", "b")
+    assert calls[0][2] == {"rtol": 1e-4, "batch_index": 3}  # only what the caller gave
+
+
+def test_check_gradient_along_random_directions():
+    node = UnitSphereNode(6)
+    x = np.random.default_rng(3).standard_normal(6)
+    rep = check_gradient(node, x, directions=2)
+    assert rep.ok and rep.details["fd_jacobian"].shape == (6, 2), str(rep)
+    assert rep.details["jacobian"].shape == (6, 6)
+
+    class Off(UnitSphereNode):  # a wrong Jacobian is caught along random directions too
+        def jacobian(self, x, y=None, ctx=None):
+            return 1.01 * super().jacobian(x, y, ctx)
+
+    assert not check_gradient(Off(6), x, directions=2).ok
 
 
 # ---- implicit_vjp on its own, and bi-level learning (Eq. 10–12) -------------------------------

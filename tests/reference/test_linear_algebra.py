@@ -1,0 +1,83 @@
+"""The proposition formulas and implicit_vjp against a different implementation: the full KKT
+system of the differentiated first-order conditions,
+
+    [[H, −Aᵀ], [A, 0]] [Dy; Dλ] = −[B; C],
+
+on random well-posed problems (hypothesis), and the singular / non-regular remedies."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ddn import DDNError
+from ddn.reference import (cor_4_7_jacobian, cor_4_9_jacobian, feasibility_jacobian,
+                           implicit_vjp, prop_4_4_jacobian, prop_4_5_jacobian)
+
+
+def _kkt_jacobian(H, A, B, C):
+    m, p = H.shape[0], A.shape[0]
+    K = np.block([[H, -A.T], [A, np.zeros((p, p))]])
+    return -np.linalg.solve(K, np.vstack([B, C]))[:m]
+
+
+def _problem(seed, m, p, n):
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((m, m))
+    H = M @ M.T + m * np.eye(m)  # SPD, well conditioned
+    return H, rng.standard_normal((p, m)), rng.standard_normal((m, n)), \
+        rng.standard_normal((p, n)), rng.standard_normal(m)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), m=st.integers(2, 6), n=st.integers(1, 4), data=st.data())
+def test_prop_4_5_and_implicit_vjp_match_the_kkt_system(seed, m, n, data):
+    p = data.draw(st.integers(0, m - 1))
+    H, A, B, C, v = _problem(seed, m, p, n)
+    J = prop_4_5_jacobian(H, A, B, C)
+    J_kkt = _kkt_jacobian(H, A, B, C)
+    np.testing.assert_allclose(J, J_kkt, atol=1e-9 * max(1.0, np.abs(J_kkt).max()))
+    # implicit_vjp only sees pullback(u, μ) = uᵀB + μᵀC
+    np.testing.assert_allclose(implicit_vjp(v, H, lambda u, mu: u @ B + mu @ C, A), v @ J_kkt,
+                               atol=1e-9 * max(1.0, np.abs(v @ J_kkt).max()))
+    if p:  # Cor. 4.9 is Prop. 4.5 with C = 0
+        np.testing.assert_allclose(cor_4_9_jacobian(H, A, B), _kkt_jacobian(H, A, B, 0 * C),
+                                   atol=1e-9 * max(1.0, np.abs(J_kkt).max()))
+        # Cor. 4.7 is the p = 1 case
+        J47 = cor_4_7_jacobian(H, A[0], B)
+        np.testing.assert_allclose(J47, _kkt_jacobian(H, A[:1], B, 0 * C[:1]),
+                                   atol=1e-9 * max(1.0, np.abs(J47).max()))
+    else:
+        np.testing.assert_allclose(J, prop_4_4_jacobian(H, B), atol=1e-12)
+
+
+def test_feasibility_jacobian_is_minus_a_inverse_c():
+    _, A, _, C, v = _problem(0, 3, 3, 2)
+    J = feasibility_jacobian(A, C)
+    np.testing.assert_allclose(A @ J, -C, atol=1e-12)
+    np.testing.assert_allclose(implicit_vjp(v, None, lambda u, mu: mu @ C, A), v @ J,
+                               atol=1e-12)
+
+
+def test_pinv_remedy_is_minimum_norm_solution_of_eq_51():
+    """H singular: −H⁺B solves H Dy = −B in the least-squares sense with minimum norm; adding
+    (I − H⁺H)Z gives the other members of the family (Eq. 51)."""
+    rng = np.random.default_rng(1)
+    Q = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    H = Q @ np.diag([3.0, 2.0, 1.0, 0.0]) @ Q.T
+    B = H @ rng.standard_normal((4, 2))  # in range(H): consistent
+    with pytest.raises(DDNError, match="pinv"):
+        prop_4_4_jacobian(H, B)
+    J = prop_4_4_jacobian(H, B, singular="pinv")
+    np.testing.assert_allclose(H @ J, -B, atol=1e-12)
+    Z = rng.standard_normal((4, 2))
+    J2 = J + (np.eye(4) - np.linalg.pinv(H) @ H) @ Z
+    np.testing.assert_allclose(H @ J2, -B, atol=1e-12)
+    assert np.linalg.norm(J) < np.linalg.norm(J2)
+
+
+def test_unknown_option_names_the_choices():
+    H = np.eye(2)
+    with pytest.raises(DDNError, match="'error', 'pinv', 'proximal'"):
+        prop_4_4_jacobian(H, np.eye(2), singular="ridge")
+    with pytest.raises(DDNError, match="'error', 'lstsq', 'drop', 'pinv'"):
+        prop_4_5_jacobian(H, np.ones((1, 2)), np.eye(2), np.ones((1, 2)), nonregular="x")
