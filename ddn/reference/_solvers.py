@@ -24,10 +24,33 @@ _QUIET = "Output seems independent of input"
 
 def quiet(fn, *args):
     """Call an autograd-transformed ``fn`` without autograd's 'independent of input' warning
-    (a zero derivative is a legitimate answer here)."""
+    (a zero derivative is a legitimate answer here), translating autograd's errors for the two
+    usual mistakes into DDNErrors that say what to do."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_QUIET)
-        return fn(*args)
+        try:
+            return fn(*args)
+        except (TypeError, ValueError, AttributeError) as e:
+            text = str(e)
+            if "ArrayBox" in text or "ArrayVSpace" in text:
+                raise DDNError(
+                    "autograd cannot trace the objective or constraints: write them with "
+                    "`import autograd.numpy as anp` (anp.sum, anp.exp, ...), not plain numpy, "
+                    "and do not convert to float or assign into arrays inside them. "
+                    f"(autograd said: {text})") from e
+            if "scalar-output" in text:
+                raise DDNError("objective(x, y) must return a scalar (a float, not an array "
+                               f"of shape (1,)). (autograd said: {text})") from e
+            raise
+
+
+def _objective(node, x, y0):
+    """u ↦ f(x, u), after checking that f returns a finite scalar at the starting point."""
+    f0 = node.objective(x, y0)
+    if np.ndim(f0) != 0:
+        raise DDNError(f"{type(node).__name__}.objective(x, y) must return a scalar, got shape "
+                       f"{np.shape(f0)} (use anp.sum(...) or index [0]).")
+    return lambda u: node.objective(x, u)
 
 
 def newton_solve(node, x):
@@ -39,9 +62,9 @@ def newton_solve(node, x):
     Returns (y, ctx) with ctx = {"iterations", "residual"}; raises DDNError when it does not
     converge in ``node.max_iter`` iterations.
     """
-    f = lambda u: node.objective(x, u)  # noqa: E731
-    g, Hf = grad(f), hessian(f)
     y = np.array(node.initial_guess(x), dtype=float).reshape(node.m)
+    f = _objective(node, x, y)
+    g, Hf = grad(f), hessian(f)
     fy, gy = float(f(y)), quiet(g, y)
     gtol = node.tol * (1.0 + np.max(np.abs(gy)))
     for it in range(node.max_iter):
@@ -102,8 +125,8 @@ def constrained_solve(node, x):
     if no feasible point is found (constraint set empty for this x) or if the KKT residual stays
     above tolerance.
     """
-    f = lambda u: node.objective(x, u)  # noqa: E731
     y0 = np.array(node.initial_guess(x), dtype=float).reshape(node.m)
+    f = _objective(node, x, y0)
     cons = []
     p, q = node.num_constraints(x, y0)
     if p:

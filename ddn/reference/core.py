@@ -252,7 +252,7 @@ class DeclarativeNode:
     rule = "Prop. 4.4"
     # class-level defaults, so that a subclass with its own __init__ still works
     n = m = None
-    tol, max_iter, singular, proximal_delta = 1e-10, 100, "error", 1e-6
+    tol, max_iter, singular, proximal_delta, nonregular = 1e-10, 100, "error", 1e-6, "error"
 
     def __init__(self, n, m, *, tol=1e-10, max_iter=100, singular="error", proximal_delta=1e-6):
         if not (int(n) == n and n >= 1 and int(m) == m and m >= 1):
@@ -396,7 +396,7 @@ class DeclarativeNode:
         opt = self.optimality(x, y, ctx)
         return implicit_vjp(v, opt.H, opt.pullback, opt.A, singular=self.singular,
                             proximal_delta=self.proximal_delta,
-                            nonregular=self.nonregular if hasattr(self, "nonregular") else "error")
+                            nonregular=self.nonregular)
 
 
 class EqConstrainedNode(DeclarativeNode):

@@ -314,3 +314,18 @@ def test_feasibility_not_isolated():
     np.testing.assert_allclose(y, [2.0, 0.0], atol=1e-10)
     np.testing.assert_allclose(node.jacobian(x, y, ctx), [[1.0], [0.0]], atol=1e-10)
     np.testing.assert_allclose(node.vjp(x, np.array([0.3, 5.0]), y, ctx), [0.3], atol=1e-10)
+
+
+def test_plain_numpy_or_vector_objective_is_explained():
+    class PlainNumpy(DeclarativeNode):
+        def objective(self, x, y):
+            return float(np.sum((y - x) ** 2))
+
+    class VectorObjective(DeclarativeNode):
+        def objective(self, x, y):
+            return (y - x) ** 2
+
+    with pytest.raises(DDNError, match="autograd.numpy"):
+        PlainNumpy(2, 2).solve(np.ones(2))
+    with pytest.raises(DDNError, match="must return a scalar"):
+        VectorObjective(2, 2).solve(np.ones(2))
