@@ -4,10 +4,12 @@ not regular (Sec. 4.7.3). Private: the nodes and :func:`ddn.reference.implicit_v
 """
 import numpy as np
 import scipy.linalg
+import scipy.sparse.linalg as spla
 
 from .. import DDNError
 
 SINGULAR_MODES = ("error", "pinv", "proximal")
+LINEAR_SOLVERS = ("dense", "minres")
 NONREGULAR_MODES = ("error", "lstsq", "drop", "pinv")
 
 #: H with a condition number above this is treated as singular.
@@ -57,11 +59,14 @@ class HessianSolve:
 
     def __init__(self, H, singular="error", proximal_delta=1e-6):
         check_mode("singular", singular, SINGULAR_MODES)
+        self.mode = singular
+        if isinstance(H, spla.LinearOperator):  # matrix-free: Hessian-vector products
+            self._init_operator(H, singular, proximal_delta)
+            return
         H = np.asarray(H, dtype=float)
         if not np.all(np.isfinite(H)):
             raise DDNError("H = D²_YY L contains NaN/Inf: the objective is not twice "
                            "differentiable at this y (or y is not finite).")
-        self.mode = singular
         self.cond = condition_number(H)
         if singular == "proximal":
             if not proximal_delta > 0:
@@ -81,12 +86,58 @@ class HessianSolve:
         else:
             self._lu = scipy.linalg.lu_factor(H, check_finite=False)
 
+    def _init_operator(self, H, singular, proximal_delta):
+        if singular == "pinv":
+            raise DDNError("singular='pinv' needs the dense H: use linear_solver='dense', or "
+                           "singular='proximal' with the matrix-free solver.")
+        self.shift = proximal_delta if singular == "proximal" else 0.0
+        self.H = H
+        self.cond = float("nan")
+        if singular == "error":  # estimate cond(H) by Lanczos (matvecs only) to catch singular H
+            self.cond = _lanczos_condition(H)
+            if self.cond > COND_MAX:
+                raise DDNError(
+                    f"H = D²_YY L is singular (Lanczos estimate cond ≈ {self.cond:.3g}): the "
+                    "solution is not isolated (Sec. 4.7.4). Choose singular='proximal' with "
+                    "proximal_delta=δ, or linear_solver='dense' with singular='pinv', or "
+                    "reparametrize / add constraints (e.g. normalize y, Eq. 55).")
+
+    def _minres(self, b):
+        """H b by MINRES (H symmetric, possibly indefinite); DDNError if it stalls."""
+        x, info = spla.minres(self.H, b, rtol=1e-13, shift=-self.shift, maxiter=20 * b.size)
+        r = np.linalg.norm(self.H.matvec(x) + self.shift * x - b)
+        if info != 0 and r > 1e-8 * max(1.0, np.linalg.norm(b)):
+            raise DDNError(
+                f"MINRES did not converge on H = D²_YY L (residual {r:.3g}): H may be singular. "
+                "Choose singular='proximal', or linear_solver='dense' with singular='pinv'.")
+        return x
+
     def solve(self, rhs, trans=False):
         """H⁻¹ rhs (``trans=True``: H⁻ᵀ rhs); rhs of shape (m,) or (m, k)."""
+        if isinstance(self.H, spla.LinearOperator):  # H is symmetric: trans changes nothing
+            rhs = np.asarray(rhs, dtype=float)
+            if rhs.ndim == 1:
+                return self._minres(rhs)
+            return np.column_stack([self._minres(c) for c in rhs.T]) if rhs.shape[1] else rhs
         if self.mode == "pinv":
             P = self._pinv.T if trans else self._pinv
             return P @ rhs
         return scipy.linalg.lu_solve(self._lu, rhs, trans=1 if trans else 0, check_finite=False)
+
+
+def _lanczos_condition(op):
+    """|λ|max / |λ|min of a symmetric operator from two short Lanczos runs (nan if they do not
+    converge; inf for a zero eigenvalue). Exact for m ≤ 2 by forming the tiny matrix."""
+    m = op.shape[0]
+    if m <= 2:
+        return condition_number(op.matmat(np.eye(m)))
+    kw = {"k": 1, "return_eigenvectors": False, "tol": 1e-10, "maxiter": 100 * m}
+    try:
+        big = abs(spla.eigsh(op, which="LM", **kw)[0])
+        small = abs(spla.eigsh(op, which="SM", **kw)[0])
+    except spla.ArpackNoConvergence:
+        return float("nan")
+    return float(big / small) if small > 0 else float("inf")
 
 
 class ConstraintSolve:

@@ -33,8 +33,10 @@ import numpy as np
 from autograd import grad, jacobian
 
 from .. import DDNError, DDNWarning
-from ._linalg import (NONREGULAR_MODES, SINGULAR_MODES, ConstraintSolve, HessianSolve,
-                      check_mode, condition_number, matrix_rank)
+import scipy.sparse.linalg as spla
+
+from ._linalg import (LINEAR_SOLVERS, NONREGULAR_MODES, SINGULAR_MODES, ConstraintSolve,
+                      HessianSolve, check_mode, condition_number, matrix_rank)
 from ._solvers import constrained_solve, feasibility_solve, newton_solve, quiet
 
 __all__ = [
@@ -246,6 +248,8 @@ class DeclarativeNode:
         max_iter: solver iterations.
         singular: "error" (default) | "pinv" | "proximal" — singular H (Sec. 4.7.4).
         proximal_delta: δ of the proximal remedy H + δI.
+        linear_solver: "dense" (default: H formed, LU / pseudo-inverse) or "minres" (matrix-free:
+            MINRES with Hessian-vector products, H never formed; cond(H) estimated by Lanczos).
     """
 
     floor = "reference"
@@ -253,14 +257,17 @@ class DeclarativeNode:
     # class-level defaults, so that a subclass with its own __init__ still works
     n = m = None
     tol, max_iter, singular, proximal_delta, nonregular = 1e-10, 100, "error", 1e-6, "error"
+    linear_solver = "dense"
 
-    def __init__(self, n, m, *, tol=1e-10, max_iter=100, singular="error", proximal_delta=1e-6):
+    def __init__(self, n, m, *, tol=1e-10, max_iter=100, singular="error", proximal_delta=1e-6,
+                 linear_solver="dense"):
         if not (int(n) == n and n >= 1 and int(m) == m and m >= 1):
             raise DDNError(f"node sizes must be positive integers, got n={n!r}, m={m!r}.")
         self.n, self.m = int(n), int(m)
         self.tol, self.max_iter = float(tol), int(max_iter)
         self.singular = check_mode("singular", singular, SINGULAR_MODES)
         self.proximal_delta = float(proximal_delta)
+        self.linear_solver = check_mode("linear_solver", linear_solver, LINEAR_SOLVERS)
 
     def __repr__(self):
         sizes = "" if self.n is None else f"n={self.n}, m={self.m}"
@@ -333,10 +340,20 @@ class DeclarativeNode:
             return f
         return f - anp.dot(lam, self.active_constraints(x, y, active))
 
-    def lagrangian_hessian(self, x, y, lam, active=()):
-        """H = D²_YY L (m, m)."""
+    def lagrangian_hessian(self, x, y, lam, active=(), operator=False):
+        """H = D²_YY L (m, m); with operator=True a LinearOperator w ↦ Hw (Hessian-vector
+        products by autograd, H never formed)."""
+        if operator:
+            dL = grad(lambda u: self.lagrangian(x, u, lam, active))
+            hvp = grad(lambda u, w: anp.dot(w, dL(u)))
+            return spla.LinearOperator((y.size, y.size), dtype=float,
+                                       matvec=lambda w: quiet(hvp, y, np.ravel(w)))
         dL = grad(lambda u: self.lagrangian(x, u, lam, active))
         return np.asarray(quiet(jacobian(dL), y), dtype=float).reshape(y.size, y.size)
+
+    def _hessian(self, x, y, lam, active):
+        return self.lagrangian_hessian(x, y, lam, active,
+                                       operator=self.linear_solver == "minres")
 
     def violation(self, x, y):
         """max(|h|, max(g, 0)): 0 when y is feasible."""
@@ -372,12 +389,12 @@ class DeclarativeNode:
     def optimality(self, x, y=None, ctx=None):
         """The first-order conditions at the solution, as an :class:`Optimality`."""
         x, y, ctx = self._solution(x, y, ctx)
-        H = self.lagrangian_hessian(x, y, np.zeros(0))  # H = D²_YY f
+        H = self._hessian(x, y, np.zeros(0), ())  # H = D²_YY f
         res = self.kkt_residual(x, y)["residual"]
         dfy = grad(lambda xx, u: self.objective(xx, u), 1)
         return Optimality(
             x=x, y=y, H=H, A=None, multipliers=np.zeros(0), residual=res,
-            cond_H=condition_number(H), rule=self.rule,
+            cond_H=_cond(H), rule=self.rule,
             pullback=lambda u, mu: _x_grad(lambda xx: anp.dot(u, dfy(xx, y)), x),
             B=lambda: _x_jac(lambda xx: dfy(xx, y), x, y.size))  # B = D²_XY f
 
@@ -483,11 +500,11 @@ class EqConstrainedNode(DeclarativeNode):
             if side == "unconstrained":
                 active = [i for i in active if i not in weak]
         lam = np.concatenate([lam_all[:p], lam_in[np.asarray(active, dtype=int)]])
-        H = self.lagrangian_hessian(x, y, lam, active)  # H = D²_YY L
+        H = self._hessian(x, y, lam, active)  # H = D²_YY L
         A = self.active_jacobian(x, y, active)  # A = D_Y h̃
         return Optimality(
             x=x, y=y, H=H, A=A, multipliers=lam_all, active=active, weakly_active=weak,
-            residual=kkt["residual"], cond_H=condition_number(H), rank_A=matrix_rank(A),
+            residual=kkt["residual"], cond_H=_cond(H), rank_A=matrix_rank(A),
             rule=self.rule, messages=messages, **self._pullbacks(x, y, lam, active))
 
     def _pullbacks(self, x, y, lam, active):
@@ -785,6 +802,14 @@ def _check_vector(a, size, name):
     if not np.all(np.isfinite(a)):
         raise DDNError(f"{name} contains NaN or Inf: {a}.")
     return a
+
+
+def _cond(H):
+    """cond(H); for a matrix-free H the Lanczos estimate (nan when it does not converge)."""
+    if isinstance(H, spla.LinearOperator):
+        from ._linalg import _lanczos_condition
+        return _lanczos_condition(H)
+    return condition_number(H)
 
 
 def _x_grad(fn, x):

@@ -81,3 +81,42 @@ def test_unknown_option_names_the_choices():
         prop_4_4_jacobian(H, np.eye(2), singular="ridge")
     with pytest.raises(DDNError, match="'error', 'lstsq', 'drop', 'pinv'"):
         prop_4_5_jacobian(H, np.ones((1, 2)), np.eye(2), np.ones((1, 2)), nonregular="x")
+
+
+# ---- matrix-free solves (Sec. 6.1): MINRES with Hessian-vector products -----------------------
+def _nodes_for_minres():
+    from ddn.reference import (ProbabilitySimplexNode, QuadraticNode, UnitBallNode,
+                               UnitSphereNode)
+    rng = np.random.default_rng(7)
+    M = rng.standard_normal((6, 6))
+    P, Q = M @ M.T + np.eye(6), rng.standard_normal((6, 4))
+    x6 = 2.0 * rng.standard_normal(6)
+    return [(lambda **kw: QuadraticNode(P, Q, **kw), rng.standard_normal(4)),
+            (lambda **kw: UnitSphereNode(6, **kw), x6),
+            (lambda **kw: UnitBallNode(6, **kw), x6),
+            (lambda **kw: ProbabilitySimplexNode(6, **kw), x6)]
+
+
+@pytest.mark.parametrize("k", range(4), ids=["quadratic", "sphere", "ball", "simplex"])
+def test_matrix_free_solver_matches_dense(k):
+    make, x = _nodes_for_minres()[k]
+    dense, free = make(), make(linear_solver="minres")
+    y, ctx = dense.solve(x)
+    v = np.linspace(-1.0, 1.0, dense.m)
+    np.testing.assert_allclose(free.jacobian(x, y, ctx), dense.jacobian(x, y, ctx), atol=1e-10)
+    np.testing.assert_allclose(free.vjp(x, v, y, ctx), dense.vjp(x, v, y, ctx), atol=1e-10)
+    opt_free, opt_dense = free.optimality(x, y, ctx), dense.optimality(x, y, ctx)
+    assert opt_free.cond_H == pytest.approx(opt_dense.cond_H, rel=1e-6)
+
+
+def test_matrix_free_solver_detects_singular_h():
+    from ddn.reference import DirectionAlignmentNode
+    x = np.array([0.5, -1.0, 2.0, 0.3])
+    with pytest.raises(DDNError, match="singular.*proximal"):
+        DirectionAlignmentNode(4, linear_solver="minres").vjp(x, np.ones(4))
+    with pytest.raises(DDNError, match="linear_solver='dense'"):
+        DirectionAlignmentNode(4, linear_solver="minres", singular="pinv").jacobian(x)
+    free = DirectionAlignmentNode(4, linear_solver="minres", singular="proximal",
+                                  proximal_delta=0.1)
+    dense = DirectionAlignmentNode(4, singular="proximal", proximal_delta=0.1)
+    np.testing.assert_allclose(free.jacobian(x), dense.jacobian(x), atol=1e-10)
