@@ -91,8 +91,8 @@ class PointCloudConfig:
 PRESETS = {
     "paper": dict(data="modelnet40", npoints=2048, width=1.0, epochs=60, batch_size=24, lr=0.01,
                   lr_step=20, lr_gamma=0.5, rates=[0, 10, 20, 50, 90]),
-    "cpu": dict(data="synthetic", n_train_per_class=60, n_test_per_class=30, npoints=128,
-                width=0.25, epochs=8, batch_size=24, lr=0.01, lr_step=3, lr_gamma=0.5),
+    "cpu": dict(data="synthetic", n_train_per_class=100, n_test_per_class=50, npoints=256,
+                width=0.25, epochs=15, batch_size=24, lr=0.01, lr_step=5, lr_gamma=0.5),
     "smoke": dict(data="synthetic", n_train_per_class=4, n_test_per_class=3, npoints=32,
                   width=0.0625, epochs=2, batch_size=8, lr=0.01, lr_step=1, lr_gamma=0.5,
                   poolings=["max", "Q"], rates=[0, 50]),
