@@ -30,11 +30,10 @@ from dataclasses import dataclass, field
 
 import autograd.numpy as anp
 import numpy as np
+import scipy.sparse.linalg as spla
 from autograd import grad, jacobian
 
 from .. import DDNError, DDNWarning
-import scipy.sparse.linalg as spla
-
 from ._linalg import (LINEAR_SOLVERS, NONREGULAR_MODES, SINGULAR_MODES, ConstraintSolve,
                       HessianSolve, check_mode, condition_number, matrix_rank)
 from ._solvers import constrained_solve, feasibility_solve, newton_solve, quiet
@@ -343,12 +342,11 @@ class DeclarativeNode:
     def lagrangian_hessian(self, x, y, lam, active=(), operator=False):
         """H = D²_YY L (m, m); with operator=True a LinearOperator w ↦ Hw (Hessian-vector
         products by autograd, H never formed)."""
+        dL = grad(lambda u: self.lagrangian(x, u, lam, active))  # D_Y L
         if operator:
-            dL = grad(lambda u: self.lagrangian(x, u, lam, active))
-            hvp = grad(lambda u, w: anp.dot(w, dL(u)))
+            hvp = grad(lambda u, w: anp.dot(w, dL(u)))  # w ↦ D_Y(wᵀ D_Y L) = H w
             return spla.LinearOperator((y.size, y.size), dtype=float,
                                        matvec=lambda w: quiet(hvp, y, np.ravel(w)))
-        dL = grad(lambda u: self.lagrangian(x, u, lam, active))
         return np.asarray(quiet(jacobian(dL), y), dtype=float).reshape(y.size, y.size)
 
     def _hessian(self, x, y, lam, active):
@@ -360,16 +358,17 @@ class DeclarativeNode:
         h, g = np.asarray(self._eq(x, y)), np.asarray(self._ineq(x, y))
         return float(max(np.max(np.abs(h), initial=0.0), np.max(g, initial=0.0)))
 
-    def _active_tol(self, residual=0.0):
-        """Tolerance for g_i ≥ −tol to count as active: tied to the solver's accuracy."""
-        return max(100.0 * self.tol, 10.0 * float(residual))
+    def _active_tol(self, solver_residual=0.0):
+        """Tolerance for g_i ≥ −tol to count as active: tied to the solver's accuracy (its
+        tolerance, and the residual it reported in ctx["residual"])."""
+        return max(100.0 * self.tol, 10.0 * float(solver_residual))
 
-    def kkt_residual(self, x, y, multipliers=None, residual=0.0):
+    def kkt_residual(self, x, y, multipliers=None, solver_residual=0.0):
         """KKT residual at (x, y): max of |D_Y f − Aᵀλ|, |h|, max(g, 0) and |g_i| on the active set
         {i: g_i ≥ −tol}; multipliers by least squares λᵀA = D_Y f (Eq. 32) unless given."""
         p, q = self.num_constraints(x, y)
         g = np.asarray(self._ineq(x, y), dtype=float).reshape(q)
-        active = [int(i) for i in np.flatnonzero(g >= -self._active_tol(residual))]
+        active = [int(i) for i in np.flatnonzero(g >= -self._active_tol(solver_residual))]
         grad_f = np.asarray(quiet(grad(lambda u: self.objective(x, u)), y), dtype=float)
         grad_f = grad_f.reshape(y.size)
         A = self.active_jacobian(x, y, active)
@@ -476,36 +475,42 @@ class EqConstrainedNode(DeclarativeNode):
     def optimality(self, x, y=None, ctx=None):
         x, y, ctx = self._solution(x, y, ctx)
         p, q = self.num_constraints(x, y)
-        kkt = self.kkt_residual(x, y, self._multipliers_from_ctx(ctx, p, q),
-                                ctx.get("residual", 0.0))
+        solver_res = ctx.get("residual", 0.0)
+        kkt = self.kkt_residual(x, y, self._multipliers_from_ctx(ctx, p, q), solver_res)
         lam_all, active = kkt["multipliers"], list(kkt["active"])
-        messages = []
-        # Prop. 4.6: signs of the active inequality multipliers (λ ≤ 0 with L = f − Σλh)
-        scale = self._active_tol(ctx.get("residual", 0.0)) * (1 + np.max(np.abs(kkt["grad_f"])))
-        lam_in = lam_all[p:]
-        wrong = [int(i) for i in active if lam_in[i] > scale]
-        weak = [int(i) for i in active if abs(lam_in[i]) <= scale]
-        if wrong:
-            msg = (f"active inequality constraint(s) {wrong} have multipliers λ > 0 "
-                   f"({lam_in[wrong]}): with L = f − Σλh a minimum needs λ ≤ 0, so y is not a "
-                   "KKT point of the minimization; Dy is that of a different problem.")
-            messages.append(msg)
-            warnings.warn(msg, DDNWarning, stacklevel=3)
-        if weak:
-            side = getattr(self, "weakly_active", "constrained")
-            msg = (f"inequality constraint(s) {weak} are weakly active (g = 0 and λ = 0): Dy is "
-                   f"one-sided there; using the {side} side (option weakly_active=).")
-            messages.append(msg)
-            warnings.warn(msg, DDNWarning, stacklevel=3)
-            if side == "unconstrained":
-                active = [i for i in active if i not in weak]
-        lam = np.concatenate([lam_all[:p], lam_in[np.asarray(active, dtype=int)]])
+        lam_tol = self._active_tol(solver_res) * (1 + np.max(np.abs(kkt["grad_f"])))
+        weak, messages = self._check_inequality_multipliers(lam_all[p:], active, lam_tol)
+        if weak and self.weakly_active == "unconstrained":
+            active = [i for i in active if i not in weak]
+        lam = np.concatenate([lam_all[:p], lam_all[p:][np.asarray(active, dtype=int)]])
         H = self._hessian(x, y, lam, active)  # H = D²_YY L
         A = self.active_jacobian(x, y, active)  # A = D_Y h̃
         return Optimality(
             x=x, y=y, H=H, A=A, multipliers=lam_all, active=active, weakly_active=weak,
             residual=kkt["residual"], cond_H=_cond(H), rank_A=matrix_rank(A),
             rule=self.rule, messages=messages, **self._pullbacks(x, y, lam, active))
+
+    weakly_active = "constrained"
+
+    def _check_inequality_multipliers(self, lam_in, active, lam_tol):
+        """Prop. 4.6: active inequality multipliers must be λ ≤ 0 (L = f − Σλh); λ = 0 (within
+        lam_tol) means weakly active, a one-sided gradient. Warns (DDNWarning) about both and
+        returns (weakly active indices, messages)."""
+        wrong = [int(i) for i in active if lam_in[i] > lam_tol]
+        weak = [int(i) for i in active if abs(lam_in[i]) <= lam_tol]
+        messages = []
+        if wrong:
+            messages.append(
+                f"active inequality constraint(s) {wrong} have multipliers λ > 0 "
+                f"({lam_in[wrong]}): with L = f − Σλh a minimum needs λ ≤ 0, so y is not a "
+                "KKT point of the minimization; Dy is that of a different problem.")
+        if weak:
+            messages.append(
+                f"inequality constraint(s) {weak} are weakly active (g = 0 and λ = 0): Dy is "
+                f"one-sided there; using the {self.weakly_active} side (option weakly_active=).")
+        for msg in messages:
+            warnings.warn(msg, DDNWarning, stacklevel=4)
+        return weak, messages
 
     def _pullbacks(self, x, y, lam, active):
         """pullback(u, μ) = D_X[uᵀ D_Y L + μᵀ h̃]; B = D²_XY L; C = D_X h̃."""
@@ -543,7 +548,6 @@ class IneqConstrainedNode(EqConstrainedNode):
     """
 
     rule = "Prop. 4.6"
-    weakly_active = "constrained"
 
     def __init__(self, n, m, *, weakly_active="constrained", **kw):
         super().__init__(n, m, **kw)
