@@ -50,6 +50,9 @@ def _objective(node, x, y0):
     if np.ndim(f0) != 0:
         raise DDNError(f"{type(node).__name__}.objective(x, y) must return a scalar, got shape "
                        f"{np.shape(f0)} (use anp.sum(...) or index [0]).")
+    if not np.isfinite(f0):
+        raise DDNError(f"{type(node).__name__}.solve: f is not finite at the initial guess "
+                       f"y0 = {y0} (f = {f0}); give an initial_guess(x) inside the domain.")
     return lambda u: node.objective(x, u)
 
 
@@ -66,6 +69,9 @@ def newton_solve(node, x):
     f = _objective(node, x, y)
     g, Hf = grad(f), hessian(f)
     fy, gy = float(f(y)), quiet(g, y)
+    if not (np.isfinite(fy) and np.all(np.isfinite(gy))):
+        raise DDNError(f"{type(node).__name__}.solve: f or D_Y f is not finite at the initial "
+                       f"guess y0 = {y} (f = {fy}); give an initial_guess(x) inside the domain.")
     gtol = node.tol * (1.0 + np.max(np.abs(gy)))
     for it in range(node.max_iter):
         if not np.all(np.isfinite(gy)) or not np.isfinite(fy):

@@ -329,3 +329,13 @@ def test_plain_numpy_or_vector_objective_is_explained():
         PlainNumpy(2, 2).solve(np.ones(2))
     with pytest.raises(DDNError, match="must return a scalar"):
         VectorObjective(2, 2).solve(np.ones(2))
+
+
+def test_objective_not_finite_at_the_initial_guess():
+    class LogBarrier(DeclarativeNode):  # log(0) at the default initial guess y0 = 0
+        def objective(self, x, y):
+            return anp.sum(y - x * anp.log(y))
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        with pytest.raises(DDNError, match="not finite at the initial guess"):
+            LogBarrier(2, 2).solve(np.ones(2))
