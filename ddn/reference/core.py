@@ -41,7 +41,7 @@ from ._solvers import constrained_solve, feasibility_solve, newton_solve, quiet
 __all__ = [
     "DeclarativeNode", "EqConstrainedNode", "IneqConstrainedNode", "LinEqConstrainedNode",
     "FixedEqConstrainedNode", "FeasibilityNode", "ImperativeNode", "ComposedNode",
-    "Optimality", "implicit_vjp", "prop_4_4_jacobian", "prop_4_5_jacobian",
+    "Optimality", "implicit_vjp", "eq_32_multipliers", "prop_4_4_jacobian", "prop_4_5_jacobian",
     "cor_4_7_jacobian", "cor_4_9_jacobian", "feasibility_jacobian",
     "upper_gradient", "shortcut_gradient",
 ]
@@ -121,6 +121,19 @@ def _solve_transpose_constraints(cs, v):
         mu[cs.keep] = np.linalg.solve(A[cs.keep].T, v)
         return mu
     return np.linalg.lstsq(A.T, v, rcond=None)[0]
+
+
+def eq_32_multipliers(grad_f, A):
+    """Lagrange multipliers from stationarity λᵀA = D_Y f (Eq. 32):
+
+        λ = (A Aᵀ)⁻¹ A D_Y fᵀ      (A = D_Y h̃ (p̃, m) of full row rank, grad_f (m,))
+
+    computed by least squares, which is the same for full-rank A and gives the minimum-norm λ
+    at non-regular points (Sec. 4.7.3). Returns (p̃,).
+    """
+    if A.shape[0] == 0:
+        return np.zeros(0)
+    return np.linalg.lstsq(A.T, grad_f, rcond=None)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,7 +386,7 @@ class DeclarativeNode:
         grad_f = grad_f.reshape(y.size)
         A = self.active_jacobian(x, y, active)
         if multipliers is None:
-            lam = np.linalg.lstsq(A.T, grad_f, rcond=None)[0] if A.shape[0] else np.zeros(0)
+            lam = eq_32_multipliers(grad_f, A)
         else:
             lam = np.concatenate([multipliers[:p], multipliers[p:][active]])
         full = np.zeros(p + q)

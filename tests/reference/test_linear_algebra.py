@@ -120,3 +120,13 @@ def test_matrix_free_solver_detects_singular_h():
                                   proximal_delta=0.1)
     dense = DirectionAlignmentNode(4, singular="proximal", proximal_delta=0.1)
     np.testing.assert_allclose(free.jacobian(x), dense.jacobian(x), atol=1e-10)
+
+
+def test_eq_32_multipliers():
+    from ddn.reference import eq_32_multipliers
+    rng = np.random.default_rng(2)
+    A, lam = rng.standard_normal((2, 4)), np.array([0.5, -1.5])
+    np.testing.assert_allclose(eq_32_multipliers(lam @ A, A), lam, atol=1e-12)
+    g = rng.standard_normal(4)  # not in the row space: Eq. 32 is the least-squares answer
+    np.testing.assert_allclose(eq_32_multipliers(g, A), np.linalg.solve(A @ A.T, A @ g),
+                               atol=1e-12)
