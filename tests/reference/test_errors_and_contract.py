@@ -13,7 +13,7 @@ from ddn import DDNError, DDNWarning
 from ddn.check import GradientReport, check_gradient, finite_difference_jacobian
 from ddn.reference import (
     CircleLineNode, ComposedNode, DeclarativeNode, DirectionAlignmentNode, EqConstrainedNode,
-    IneqConstrainedNode, LinEqConstrainedNode, QuadraticNode, TwoSolutionNode, UnitBallNode,
+    IneqConstrainedNode, QuadraticNode, TwoSolutionNode, UnitBallNode,
     UnitSphereNode, implicit_vjp, prop_4_4_jacobian, shortcut_gradient, upper_gradient)
 
 

@@ -13,8 +13,7 @@ from ddn import DDNWarning
 from ddn.check import check_gradient, finite_difference_jacobian
 from ddn.reference import (
     CircleLineNode, ComposedNode, DeclarativeNode, DirectionAlignmentNode, EqConstrainedNode,
-    FeasibilityNode,
-    HyperplaneProjectionNode, ImperativeNode, IneqConstrainedNode, LinEqConstrainedNode,
+    FeasibilityNode, HyperplaneProjectionNode, ImperativeNode, LinEqConstrainedNode,
     NormalizedDirectionAlignmentNode, ProbabilitySimplexNode, QuadraticNode, ReLUNode,
     SoftmaxNode, TwoSolutionNode, UnitBallNode, UnitSphereNode)
 
