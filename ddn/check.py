@@ -44,12 +44,14 @@ class GradientReport:
 
     def __str__(self):
         d = self.details
-        lines = [
-            f"GradientReport: {'OK' if self.ok else 'FAILED'}"
-            + (f"  [{d['node']}, {d.get('rule', '')}]" if "node" in d else ""),
+        where = ", ".join(str(d[k]) for k in ("node", "rule") if d.get(k))
+        lines = [f"GradientReport: {'OK' if self.ok else 'FAILED'}"
+                 + (f"  [{where}]" if where else "")]
+        if np.isnan(self.max_abs_error):  # the check could not run: say why, nothing else
+            return "\n".join(lines + [f"  - {m}" for m in self.messages])
+        lines.append(
             f"  Dy vs finite differences : max abs err {self.max_abs_error:.2e}, "
-            f"max rel err {self.max_rel_error:.2e} (rtol {d.get('rtol', float('nan')):.0e})",
-        ]
+            f"max rel err {self.max_rel_error:.2e} (rtol {d.get('rtol', float('nan')):.0e})")
         if "vjp_error" in d:
             lines.append(f"  vjp vs vᵀDy              : {d['vjp_error']:.2e}")
         lines += [
