@@ -60,11 +60,12 @@ static inline bool finite_bits(double v) {
 }
 
 // ---------------------------------------------------------------- robust pooling, forward
-// g = Σ φ'(y − x_i), H = Σ φ''(y − x_i) for the convex penalties.
-template <typename T>
-static inline void eval_convex(const T* x, int64_t n, T y, T a, int pen, T& g, T& H) {
+// Every function is specialised on the penalty P so that its inner loops vectorize.
+// Convex penalties: g = Σ φ'(y − x_i), H = Σ φ''(y − x_i).
+template <typename T, int P>
+static inline void eval_convex(const T* x, int64_t n, T y, T a, T& g, T& H) {
   T gs = 0, hs = 0;
-  if (pen == PHUBER) {
+  if constexpr (P == PHUBER) {
     const T ia = T(1) / a;
 #pragma omp simd reduction(+ : gs, hs)
     for (int64_t i = 0; i < n; ++i) {
@@ -86,24 +87,25 @@ static inline void eval_convex(const T* x, int64_t n, T y, T a, int pen, T& g, T
   H = hs;
 }
 
-template <typename T>
-static int newton_bracket(const T* x, int64_t n, T a, int pen, T y, T lo, T hi, T& out) {
+// Safeguarded Newton on [lo, hi]; stops *at an evaluated point* (so H is exact there) once the
+// Newton step is below tol, g = 0, or the bracket is below tol.
+template <typename T, int P>
+static int newton_bracket(const T* x, int64_t n, T a, T y, T lo, T hi, T& out, T& Hout) {
   const T eps = Eps<T>::v;
-  if (lo == hi) { out = y; return 0; }
   for (int it = 0; it < MAX_ITER; ++it) {
     T g, H;
-    eval_convex(x, n, y, a, pen, g, H);
+    eval_convex<T, P>(x, n, y, a, g, H);
     if (g < 0) lo = y;
     if (g > 0) hi = y;
     T yn = y - g / H;
     T tol = 2 * eps * (std::abs(y) + a);
-    bool newton = (H > 0) && ((yn > lo && yn < hi) || std::abs(yn - y) <= tol);
-    T ynew = g == 0 ? y : (newton ? yn : T(0.5) * (lo + hi));
-    bool conv = std::abs(ynew - y) <= tol || (hi - lo) <= tol;
-    y = ynew;
-    if (conv) { out = y; return 0; }
+    bool small = H > 0 && std::abs(yn - y) <= tol;
+    if (g == 0 || small || (hi - lo) <= tol) { out = y; Hout = H; return 0; }
+    bool newton = H > 0 && yn > lo && yn < hi;
+    y = newton ? yn : T(0.5) * (lo + hi);
   }
   out = y;
+  Hout = 0;
   return 1;
 }
 
@@ -126,9 +128,10 @@ static inline void eval_welsch(const T* x, int64_t n, T y, T a, T& f, T& g, T& H
   s0 = s;
 }
 
-// Newton when it lowers f, else the majorize-minimize (IRLS) step.
+// Newton when it lowers f, else the majorize-minimize (IRLS) step; every accepted point is
+// evaluated, so (f, H) at the returned y are exact.
 template <typename T>
-static int welsch_local(const T* x, int64_t n, T a, T y, T& out, T& fout) {
+static int welsch_local(const T* x, int64_t n, T a, T y, T& out, T& fout, T& Hout) {
   const T eps = Eps<T>::v, a2 = a * a, ftol = 8 * eps * T(n);
   T f, g, H, s0;
   eval_welsch(x, n, y, a, f, g, H, s0);
@@ -143,15 +146,17 @@ static int welsch_local(const T* x, int64_t n, T a, T y, T& out, T& fout) {
     }
     bool conv = std::abs(yn - y) <= 4 * eps * (std::abs(y) + a) || s0 == 0;
     y = yn; f = fn; g = gn; H = Hn; s0 = s0n;
-    if (conv) { out = y; fout = f; return 0; }
+    if (conv) { out = y; fout = f; Hout = H; return 0; }
   }
   out = y;
   fout = f;
+  Hout = H;
   return 1;
 }
 
+// MM for the truncated quadratic: y ← mean of the inliers |y − x_i| < α, to its fixed point.
 template <typename T>
-static int tq_local(const T* x, int64_t n, T a, T y, T& out) {
+static int tq_local(const T* x, int64_t n, T a, T y, T& out, T& Hout) {
   for (int it = 0; it < 4 * MAX_ITER; ++it) {
     T cnt = 0, s = 0;
 #pragma omp simd reduction(+ : cnt, s)
@@ -161,10 +166,11 @@ static int tq_local(const T* x, int64_t n, T a, T y, T& out) {
       s += inl ? x[i] : T(0);
     }
     T yn = cnt > 0 ? s / cnt : y;
-    if (yn == y) { out = y; return 0; }
+    if (yn == y) { out = y; Hout = cnt; return 0; }
     y = yn;
   }
   out = y;
+  Hout = 0;
   return 1;
 }
 
@@ -179,119 +185,165 @@ static T tq_objective(const T* x, int64_t n, T a, T y) {
   return f;
 }
 
+// The lower median sort(x)[(n−1)/2]: select inside a band around the median of a sorted sample
+// (one branch-free pass), falling back to nth_element on the whole row when the band misses.
 template <typename T>
-static int pool_row(const T* x, int64_t n, T a, int pen, std::vector<T>& buf, T& y) {
+static T lower_median(const T* x, int64_t n, std::vector<T>& buf) {
+  const int64_t k = (n - 1) / 2;
+  if (n < 256) {
+    buf.assign(x, x + n);
+    std::nth_element(buf.begin(), buf.begin() + k, buf.end());
+    return buf[k];
+  }
+  const int64_t m = 127, step = n / m;
+  T smp[127];
+  for (int64_t j = 0; j < m; ++j) smp[j] = x[j * step + (j * 7919) % step];
+  std::sort(smp, smp + m);
+  const T lo = smp[m / 2 - 16], hi = smp[m / 2 + 16];
+  buf.resize(n);
+  int64_t below = 0, c = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    T v = x[i];
+    below += v < lo;
+    buf[c] = v;
+    c += (v >= lo) & (v <= hi);
+  }
+  if (below <= k && k < below + c) {
+    std::nth_element(buf.begin(), buf.begin() + (k - below), buf.begin() + c);
+    return buf[k - below];
+  }
+  buf.assign(x, x + n);
+  std::nth_element(buf.begin(), buf.begin() + k, buf.end());
+  return buf[k];
+}
+
+template <typename T, int P>
+static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H) {
   T s = 0, mn = x[0], mx = x[0];
 #pragma omp simd reduction(+ : s) reduction(min : mn) reduction(max : mx)
   for (int64_t i = 0; i < n; ++i) {
-    s += x[i];
-    mn = std::min(mn, x[i]);
-    mx = std::max(mx, x[i]);
+    T v = x[i];
+    s += v;
+    mn = v < mn ? v : mn;
+    mx = v > mx ? v : mx;
   }
   if (!finite_bits(s)) {
     if (s != s || !finite_bits(mn) || !finite_bits(mx)) return 2;
     return 3;
   }
   const T big = std::sqrt(std::numeric_limits<T>::max()) / 8;
-  if (std::max(std::abs(mn), std::abs(mx)) / a > big) return 3;
+  if (std::max(std::abs(mn), std::abs(mx)) > big * a) return 3;
   const T mean = s / T(n);
-  if (pen == QUAD) { y = mean; return 0; }
-  if (pen == PHUBER || pen == HUBER) {
-    int st = newton_bracket(x, n, a, pen, mean, mn, mx, y);
-    if (pen == HUBER) {
-      T cnt = 0, xj = -std::numeric_limits<T>::infinity(), xk = std::numeric_limits<T>::infinity();
+  if constexpr (P == QUAD) {
+    y = mean;
+    H = T(n);
+    return 0;
+  } else if constexpr (P == PHUBER || P == HUBER) {
+    if (mn == mx) {
+      y = mean;
+      H = T(n);
+      return 0;
+    }
+    int st = newton_bracket<T, P>(x, n, a, mean, mn, mx, y, H);
+    if (P == HUBER && H == 0 && st == 0) {
+      T xj = -std::numeric_limits<T>::infinity(), xk = std::numeric_limits<T>::infinity();
       const T yy = y;
-#pragma omp simd reduction(+ : cnt) reduction(max : xj) reduction(min : xk)
+#pragma omp simd reduction(max : xj) reduction(min : xk)
       for (int64_t i = 0; i < n; ++i) {
         T z = yy - x[i];
-        cnt += std::abs(z) <= a ? T(1) : T(0);
-        xj = std::max(xj, z > a ? x[i] : -std::numeric_limits<T>::infinity());
-        xk = std::min(xk, z < -a ? x[i] : std::numeric_limits<T>::infinity());
+        T cj = z > a ? x[i] : -std::numeric_limits<T>::infinity();
+        T ck = z < -a ? x[i] : std::numeric_limits<T>::infinity();
+        xj = cj > xj ? cj : xj;
+        xk = ck < xk ? ck : xk;
       }
-      if (cnt == 0) y = T(0.5) * (xj + xk);  // midpoint of the interval of minimizers
+      y = T(0.5) * (xj + xk);  // midpoint of the interval of minimizers
     }
     return st;
-  }
-  buf.assign(x, x + n);
-  std::nth_element(buf.begin(), buf.begin() + (n - 1) / 2, buf.end());
-  const T median = buf[(n - 1) / 2];
-  T y1, y2, f1, f2;
-  int s1, s2;
-  if (pen == WELSCH) {
-    s1 = welsch_local(x, n, a, mean, y1, f1);
-    s2 = welsch_local(x, n, a, median, y2, f2);
   } else {
-    s1 = tq_local(x, n, a, mean, y1);
-    s2 = tq_local(x, n, a, median, y2);
-    f1 = tq_objective(x, n, a, y1);
-    f2 = tq_objective(x, n, a, y2);
+    const T median = lower_median(x, n, buf);
+    T y1, y2, f1, f2, H1, H2;
+    int s1, s2;
+    if constexpr (P == WELSCH) {
+      s1 = welsch_local(x, n, a, mean, y1, f1, H1);
+      s2 = welsch_local(x, n, a, median, y2, f2, H2);
+    } else {
+      s1 = tq_local(x, n, a, mean, y1, H1);
+      s2 = tq_local(x, n, a, median, y2, H2);
+      f1 = tq_objective(x, n, a, y1);
+      f2 = tq_objective(x, n, a, y2);
+    }
+    if (f2 < f1) { y = y2; H = H2; return s2; }
+    y = y1;
+    H = H1;
+    return s1;
   }
-  if (f2 < f1) { y = y2; return s2; }
-  y = y1;
-  return s1;
+}
+
+template <typename T, int P>
+static void pool_forward_p(const T* x, const T* alpha, T* y, T* H, int8_t* status, int64_t n,
+                           int64_t r0, int64_t r1) {
+  std::vector<T> buf;
+  for (int64_t b = r0; b < r1; ++b)
+    status[b] = (int8_t)pool_row<T, P>(x + b * n, n, alpha[b], buf, y[b], H[b]);
 }
 
 template <typename T>
-static void pool_forward(const T* x, const T* alpha, T* y, int8_t* status, int64_t n,
+static void pool_forward(const T* x, const T* alpha, T* y, T* H, int8_t* status, int64_t n,
                          int pen, int64_t r0, int64_t r1) {
-  std::vector<T> buf;
-  for (int64_t b = r0; b < r1; ++b) status[b] = (int8_t)pool_row(x + b * n, n, alpha[b], pen, buf, y[b]);
+  switch (pen) {
+    case QUAD: pool_forward_p<T, QUAD>(x, alpha, y, H, status, n, r0, r1); break;
+    case PHUBER: pool_forward_p<T, PHUBER>(x, alpha, y, H, status, n, r0, r1); break;
+    case HUBER: pool_forward_p<T, HUBER>(x, alpha, y, H, status, n, r0, r1); break;
+    case WELSCH: pool_forward_p<T, WELSCH>(x, alpha, y, H, status, n, r0, r1); break;
+    default: pool_forward_p<T, TRUNC>(x, alpha, y, H, status, n, r0, r1); break;
+  }
 }
 
 // ---------------------------------------------------------------- robust pooling, backward
-// gx_i = v φ''(y − x_i)/H, H = Σ φ''; ga = −v Σ ∂_α φ'(y − x_i)/H.
-template <typename T>
-static inline T d2(T z, T a, T ia, int pen) {
-  if (pen == PHUBER) { T u = z * ia; T s = T(1) / std::sqrt(T(1) + u * u); return s * s * s; }
-  if (pen == HUBER) return std::abs(z) <= a ? T(1) : T(0);
-  if (pen == WELSCH) { T u = z * ia, u2 = u * u; return (T(1) - u2) * vexp(T(-0.5) * u2) * ia * ia; }
-  if (pen == TRUNC) return std::abs(z) < a ? T(1) : T(0);
-  return T(1);
-}
-
-template <typename T>
-static int pool_back_row(const T* x, int64_t n, T y, T a, int pen, T v, T* gx, bool need_a, T& ga) {
+// One pass with H = Σφ'' from the forward solve (taken at this very y):
+// gx_i = (v/H) φ''(y − x_i)  [= −(v H⁻¹) B_i, B_i = −φ''],  ga = −v Σ ∂_α φ'(y − x_i) / H.
+template <typename T, int P>
+static int pool_back_row(const T* x, int64_t n, T y, T a, T H, T v, T* gx, T& ga) {
   const T ia = T(1) / a;
-  T H = 0, D = 0;
+  T D = 0;
   ga = 0;
-  if (pen == QUAD) {
-    H = T(n);
-  } else if (pen == PHUBER) {
-#pragma omp simd reduction(+ : H, D)
-    for (int64_t i = 0; i < n; ++i) {
-      T u = (y - x[i]) * ia;
-      T s = T(1) / std::sqrt(T(1) + u * u), s3 = s * s * s;
-      H += s3;
-      D += u * u * u * s3;
-    }
-  } else if (pen == HUBER) {
-#pragma omp simd reduction(+ : H, D)
-    for (int64_t i = 0; i < n; ++i) {
-      T z = y - x[i];
-      bool inl = std::abs(z) <= a;
-      H += inl ? T(1) : T(0);
-      D += inl ? T(0) : (z > 0 ? T(1) : T(-1));
-    }
-  } else if (pen == WELSCH) {
-#pragma omp simd reduction(+ : H, D)
-    for (int64_t i = 0; i < n; ++i) {
-      T z = y - x[i], u = z * ia, u2 = u * u;
-      T w = vexp(T(-0.5) * u2) * ia * ia;
-      H += (T(1) - u2) * w;
-      D += z * w * (u2 - T(2)) * ia;
-    }
-  } else {
-#pragma omp simd reduction(+ : H)
-    for (int64_t i = 0; i < n; ++i) H += std::abs(y - x[i]) < a ? T(1) : T(0);
-  }
   if (H > 0) {
-    const T c = v / H;  // v H⁻¹, then gx = −(v H⁻¹) B with B_i = −φ''
+    const T c = v / H;
+    if constexpr (P == QUAD) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) gx[i] = c * d2(y - x[i], a, ia, pen);
-    if (need_a) ga = -v * D / H;
+      for (int64_t i = 0; i < n; ++i) gx[i] = c;
+    } else if constexpr (P == PHUBER) {
+#pragma omp simd reduction(+ : D)
+      for (int64_t i = 0; i < n; ++i) {
+        T u = (y - x[i]) * ia;
+        T s = T(1) / std::sqrt(T(1) + u * u), s3 = s * s * s;
+        gx[i] = c * s3;
+        D += u * u * u * s3;
+      }
+    } else if constexpr (P == HUBER) {
+#pragma omp simd reduction(+ : D)
+      for (int64_t i = 0; i < n; ++i) {
+        T z = y - x[i];
+        bool inl = std::abs(z) <= a;
+        gx[i] = inl ? c : T(0);
+        D += inl ? T(0) : (z > 0 ? T(1) : T(-1));
+      }
+    } else if constexpr (P == WELSCH) {
+#pragma omp simd reduction(+ : D)
+      for (int64_t i = 0; i < n; ++i) {
+        T z = y - x[i], u = z * ia, u2 = u * u;
+        T w = vexp(T(-0.5) * u2) * ia * ia;
+        gx[i] = c * (T(1) - u2) * w;
+        D += z * w * (u2 - T(2)) * ia;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) gx[i] = std::abs(y - x[i]) < a ? c : T(0);
+    }
+    ga = -v * D / H;
     return 0;
   }
-  if (pen == HUBER) {  // y is the midpoint of the interval of minimizers
+  if constexpr (P == HUBER) {  // y is the midpoint of the interval of minimizers
     T xj = -std::numeric_limits<T>::infinity(), xk = std::numeric_limits<T>::infinity();
     for (int64_t i = 0; i < n; ++i) {
       T z = y - x[i];
@@ -306,11 +358,12 @@ static int pool_back_row(const T* x, int64_t n, T y, T a, int pen, T v, T* gx, b
     }
     for (int64_t i = 0; i < n; ++i) {
       T z = y - x[i];
-      gx[i] = (z > a && x[i] == xj) ? T(0.5) * v / cj : ((z < -a && x[i] == xk) ? T(0.5) * v / ck : T(0));
+      gx[i] = (z > a && x[i] == xj) ? T(0.5) * v / cj
+                                    : ((z < -a && x[i] == xk) ? T(0.5) * v / ck : T(0));
     }
     return 0;
   }
-  if (pen == TRUNC) {  // flat objective, y stayed at the mean
+  if constexpr (P == TRUNC) {  // flat objective, y stayed at the mean
     for (int64_t i = 0; i < n; ++i) gx[i] = v / T(n);
     return 0;
   }
@@ -318,14 +371,26 @@ static int pool_back_row(const T* x, int64_t n, T y, T a, int pen, T v, T* gx, b
   return 1;
 }
 
-template <typename T>
-static void pool_backward(const T* x, const T* y, const T* alpha, const T* v, T* gx, T* ga,
-                          int8_t* status, int64_t n, int pen, int need_a, int64_t r0, int64_t r1) {
+template <typename T, int P>
+static void pool_backward_p(const T* x, const T* y, const T* alpha, const T* H, const T* v, T* gx,
+                            T* ga, int8_t* status, int64_t n, int need_a, int64_t r0, int64_t r1) {
   for (int64_t b = r0; b < r1; ++b) {
     T g;
-    status[b] = (int8_t)pool_back_row(x + b * n, n, y[b], alpha[b], pen, v[b], gx + b * n,
-                                      need_a != 0, g);
+    status[b] = (int8_t)pool_back_row<T, P>(x + b * n, n, y[b], alpha[b], H[b], v[b], gx + b * n, g);
     if (need_a) ga[b] = g;
+  }
+}
+
+template <typename T>
+static void pool_backward(const T* x, const T* y, const T* alpha, const T* H, const T* v, T* gx,
+                          T* ga, int8_t* status, int64_t n, int pen, int need_a, int64_t r0,
+                          int64_t r1) {
+  switch (pen) {
+    case QUAD: pool_backward_p<T, QUAD>(x, y, alpha, H, v, gx, ga, status, n, need_a, r0, r1); break;
+    case PHUBER: pool_backward_p<T, PHUBER>(x, y, alpha, H, v, gx, ga, status, n, need_a, r0, r1); break;
+    case HUBER: pool_backward_p<T, HUBER>(x, y, alpha, H, v, gx, ga, status, n, need_a, r0, r1); break;
+    case WELSCH: pool_backward_p<T, WELSCH>(x, y, alpha, H, v, gx, ga, status, n, need_a, r0, r1); break;
+    default: pool_backward_p<T, TRUNC>(x, y, alpha, H, v, gx, ga, status, n, need_a, r0, r1); break;
   }
 }
 
@@ -509,14 +574,14 @@ static void proj_backward(const T* v, const T* y, const T* r, const T* aux, T* g
 }  // namespace
 
 #define DDN_EXPORT(T, S)                                                                       \
-  extern "C" void pool_forward_##S(const T* x, const T* a, T* y, int8_t* st, int64_t n, int pen, \
-                                   int64_t r0, int64_t r1) {                                   \
-    pool_forward<T>(x, a, y, st, n, pen, r0, r1);                                              \
+  extern "C" void pool_forward_##S(const T* x, const T* a, T* y, T* H, int8_t* st, int64_t n,    \
+                                   int pen, int64_t r0, int64_t r1) {                          \
+    pool_forward<T>(x, a, y, H, st, n, pen, r0, r1);                                           \
   }                                                                                            \
-  extern "C" void pool_backward_##S(const T* x, const T* y, const T* a, const T* v, T* gx,       \
-                                    T* ga, int8_t* st, int64_t n, int pen, int need_a,         \
+  extern "C" void pool_backward_##S(const T* x, const T* y, const T* a, const T* H, const T* v,  \
+                                    T* gx, T* ga, int8_t* st, int64_t n, int pen, int need_a,  \
                                     int64_t r0, int64_t r1) {                                  \
-    pool_backward<T>(x, y, a, v, gx, ga, st, n, pen, need_a, r0, r1);                          \
+    pool_backward<T>(x, y, a, H, v, gx, ga, st, n, pen, need_a, r0, r1);                       \
   }                                                                                            \
   extern "C" void proj_forward_##S(const T* x, const T* r, T* y, T* aux, int8_t* st, int64_t n,  \
                                    int p, int kind, int64_t r0, int64_t r1) {                  \

@@ -5,7 +5,7 @@ runs all iterations of one row while it sits in cache, so forward and backward e
 input once. The eager code in ``pooling.py`` / ``projections.py`` implements the same algorithms
 and is the fallback and the test oracle.
 
-Build: ``g++ -O3 -march=native -fopenmp-simd`` (no torch headers, about a second), cached in
+Build: ``g++ -O3 -march=native -fopenmp-simd`` (see ``_FLAGS``) (no torch headers, about a second), cached in
 ``$DDN_KERNEL_CACHE`` or ``~/.cache/ddn/kernels/<hash of source, flags, compiler, CPU>``.
 Threads: rows are split over ``torch.get_num_threads()`` Python threads (ctypes releases the
 GIL) when the input is large enough.
@@ -33,8 +33,8 @@ __all__ = []
 
 ENABLED = os.environ.get("DDN_KERNELS", "1") not in ("0", "")
 _SRC = Path(__file__).with_name("_kernels.cpp")
-_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
-          "-std=c++20", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd",
+          "-fno-math-errno", "-fno-trapping-math", "-std=c++20", "-shared", "-fPIC"]
 _PEN = {"quadratic": 0, "pseudo-huber": 1, "huber": 2, "welsch": 3, "truncated-quadratic": 4}
 _lock = threading.Lock()
 _state = {"lib": None, "tried": False, "pool": None, "error": None}
@@ -70,8 +70,9 @@ def _build():
     lib = ctypes.CDLL(str(so))
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for s in ("f32", "f64"):
-        getattr(lib, f"pool_forward_{s}").argtypes = [p, p, p, p, i64, i32, i64, i64]
-        getattr(lib, f"pool_backward_{s}").argtypes = [p, p, p, p, p, p, p, i64, i32, i32, i64, i64]
+        getattr(lib, f"pool_forward_{s}").argtypes = [p, p, p, p, p, i64, i32, i64, i64]
+        getattr(lib, f"pool_backward_{s}").argtypes = [p, p, p, p, p, p, p, p, i64, i32, i32, i64,
+                                                       i64]
         getattr(lib, f"proj_forward_{s}").argtypes = [p, p, p, p, p, i64, i32, i32, i64, i64]
         getattr(lib, f"proj_backward_{s}").argtypes = [p, p, p, p, p, p, i64, i32, i32, i32, i64, i64]
     return lib
@@ -133,27 +134,29 @@ def _raise_status(st, what):
 
 
 def pool_forward(x, alpha, pen):
-    """x (B, n), alpha (B,) -> (y (B,), converged (B,) bool); raises DDNError on bad input."""
+    """x (B, n), alpha (B,) -> (y (B,), converged (B,) bool, H (B,) = Σφ''(y − x_i));
+    raises DDNError on bad input."""
     B, n = x.shape
     alpha = alpha.detach().contiguous()
     y = torch.empty(B, dtype=x.dtype)
+    H = torch.empty(B, dtype=x.dtype)
     st = torch.empty(B, dtype=torch.int8)
     _run(getattr(lib(), f"pool_forward_{_sfx(x)}"),
-         (_ptr(x), _ptr(alpha), _ptr(y), _ptr(st), n, _PEN[pen]), B, n)
+         (_ptr(x), _ptr(alpha), _ptr(y), _ptr(H), _ptr(st), n, _PEN[pen]), B, n)
     _raise_status(st, "robust pooling")
-    return y, st == 0
+    return y, st == 0, H
 
 
-def pool_backward(x, y, alpha, v, pen, need_alpha):
-    """-> (∂L/∂x (B, n), ∂L/∂α (B,) or None, number of rows with H ≤ 0)."""
+def pool_backward(x, y, alpha, H, v, pen, need_alpha):
+    """-> (∂L/∂x (B, n), ∂L/∂α (B,) or None, number of rows with H ≤ 0); one pass over x."""
     B, n = x.shape
     alpha = alpha.detach().contiguous()
     gx = torch.empty_like(x)
     ga = torch.empty(B, dtype=x.dtype) if need_alpha else torch.empty(1, dtype=x.dtype)
     st = torch.empty(B, dtype=torch.int8)
     _run(getattr(lib(), f"pool_backward_{_sfx(x)}"),
-         (_ptr(x), _ptr(y), _ptr(alpha), _ptr(v), _ptr(gx), _ptr(ga), _ptr(st), n, _PEN[pen],
-          int(need_alpha)), B, n)
+         (_ptr(x), _ptr(y), _ptr(alpha), _ptr(H), _ptr(v), _ptr(gx), _ptr(ga), _ptr(st), n,
+          _PEN[pen], int(need_alpha)), B, n)
     return gx, (ga if need_alpha else None), int(st.sum())
 
 

@@ -120,13 +120,14 @@ def _newton_bracket(x, y, pen, a, eps):
         hi = torch.where(g > 0, y, hi)
         yn = y - g / H
         tol = 2 * eps * (y.abs() + a1)
-        # strictly inside the bracket (a Newton step onto its end can 2-cycle on Huber's
-        # piecewise-linear g), or a converged step
-        newton = (H > 0) & (((yn > lo) & (yn < hi)) | ((yn - y).abs() <= tol))
-        ynew = torch.where(g == 0, y, torch.where(newton, yn, 0.5 * (lo + hi)))
-        conv = ((ynew - y).abs() <= tol) | (hi - lo <= tol)
-        y = torch.where(done, y, ynew)
+        # stop at the evaluated point once the Newton step is below tol (H is exact there)
+        conv = (g == 0) | ((H > 0) & ((yn - y).abs() <= tol)) | (hi - lo <= tol)
+        # Newton strictly inside the bracket (a step onto its end can 2-cycle on Huber's
+        # piecewise-linear g), else bisection
+        newton = (H > 0) & (yn > lo) & (yn < hi)
+        ynew = torch.where(newton, yn, 0.5 * (lo + hi))
         done = done | conv
+        y = torch.where(done, y, ynew)
         if bool(done.all()):
             return y, done
     return y, done
@@ -258,26 +259,27 @@ class _RobustPoolFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, pen, use_kernel):
         # x (B, n) contiguous, alpha (B,) positive
-        if use_kernel:
-            y, ok = _kernels.pool_forward(x, alpha, pen)
+        if use_kernel:  # H = Σφ''(y − x_i) at the returned y, from the solver's last pass
+            y, ok, H = _kernels.pool_forward(x, alpha, pen)
         else:
-            y, ok = _solve_eager(x, pen, alpha[:, None])
+            (y, ok), H = _solve_eager(x, pen, alpha[:, None]), None
         nfail = int((~ok).sum())
         if nfail:
             warnings.warn(f"robust_pool({pen!r}): the solver did not converge on {nfail} row(s) "
                           f"within its iteration limit; returning the last iterate", DDNWarning,
                           stacklevel=3)
-        ctx.save_for_backward(x, y, alpha)
+        ctx.save_for_backward(x, y, alpha, H)
         ctx.pen, ctx.use_kernel = pen, use_kernel
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, v):
-        x, y, alpha = ctx.saved_tensors
+        x, y, alpha, H = ctx.saved_tensors
         need_alpha = ctx.needs_input_grad[1] and ctx.pen in ("pseudo-huber", "huber", "welsch")
         if ctx.use_kernel:
-            gx, ga, nbad = _kernels.pool_backward(x, y, alpha, v.contiguous(), ctx.pen, need_alpha)
+            gx, ga, nbad = _kernels.pool_backward(x, y, alpha, H, v.contiguous(), ctx.pen,
+                                                  need_alpha)
         else:
             w, da, nbad = _weights_eager(x, y, ctx.pen, alpha[:, None], need_alpha)
             gx = v[:, None] * w

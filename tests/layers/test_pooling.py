@@ -258,7 +258,8 @@ def test_torch_zero_curvature_warns(backend):
     x = torch.tensor([[0.0, 100.0]], dtype=F64)
     a, y, v = torch.ones(1, dtype=F64), torch.tensor([50.0], dtype=F64), torch.ones(1, dtype=F64)
     if backend == "kernel":
-        g, _, nbad = _kernels.pool_backward(x, y, a, v, "welsch", True)
+        H = torch.zeros(1, dtype=F64)  # Σφ'' underflows to 0 at y = 50
+        g, _, nbad = _kernels.pool_backward(x, y, a, H, v, "welsch", True)
     else:
         w, _, nbad = pooling._weights_eager(x, y, "welsch", a[:, None], True)
         g = v[:, None] * w
@@ -314,3 +315,18 @@ def test_cuda_matches_cpu(pen):
     y.sum().backward()
     torch.testing.assert_close(yc.cpu(), y, atol=1e-8, rtol=0)
     torch.testing.assert_close(xc.grad.cpu(), xx.grad, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [5, 300, 2048, 4099])
+def test_kernel_median_start_is_the_exact_lower_median(n, backend):
+    """With α below every gap, the truncated quadratic returns the median start exactly (the mean
+    start sees no inlier), so this checks the kernel's sampled selection, including the
+    fallback when the sample band misses the median (sorted and skewed rows)."""
+    g = torch.Generator().manual_seed(n)
+    rows = [torch.randperm(n, generator=g).double(),             # a permutation of 0..n-1
+            torch.arange(n, dtype=F64),                            # sorted
+            torch.arange(n, 0, -1, dtype=F64) ** 3,                # reversed, skewed
+            torch.cat([torch.zeros(0, dtype=F64), torch.rand(n, generator=g, dtype=F64).exp() * 1e3])]
+    x = torch.stack(rows)
+    y = T.robust_pool(x, "truncated-quadratic", alpha=1e-9)
+    torch.testing.assert_close(y, x.median(-1).values, atol=0, rtol=0)
