@@ -87,8 +87,9 @@ static inline void eval_convex(const T* x, int64_t n, T y, T a, T& g, T& H) {
   H = hs;
 }
 
-// Safeguarded Newton on [lo, hi]; stops *at an evaluated point* (so H is exact there) once the
-// Newton step is below tol, g = 0, or the bracket is below tol.
+// Safeguarded Newton on [lo, hi]; converged once the Newton step is below tol (the step is still
+// taken; H is returned from the point it was evaluated at, within that one tiny step of y: a
+// relative change of order eps), g = 0, or the bracket is below tol.
 template <typename T, int P>
 static int newton_bracket(const T* x, int64_t n, T a, T y, T lo, T hi, T& out, T& Hout) {
   const T eps = Eps<T>::v;
@@ -100,7 +101,8 @@ static int newton_bracket(const T* x, int64_t n, T a, T y, T lo, T hi, T& out, T
     T yn = y - g / H;
     T tol = 2 * eps * (std::abs(y) + a);
     bool small = H > 0 && std::abs(yn - y) <= tol;
-    if (g == 0 || small || (hi - lo) <= tol) { out = y; Hout = H; return 0; }
+    if (small && g != 0) { out = yn; Hout = H; return 0; }
+    if (g == 0 || (hi - lo) <= tol) { out = y; Hout = H; return 0; }
     bool newton = H > 0 && yn > lo && yn < hi;
     y = newton ? yn : T(0.5) * (lo + hi);
   }

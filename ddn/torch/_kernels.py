@@ -134,7 +134,8 @@ def _raise_status(st, what):
 
 
 def pool_forward(x, alpha, pen):
-    """x (B, n), alpha (B,) -> (y (B,), converged (B,) bool, H (B,) = Σφ''(y − x_i));
+    """x (B, n), alpha (B,) -> (y (B,), converged (B,) bool, H (B,) = Σφ''(y − x_i) from the
+    solver's last pass, exact or within one converged Newton step of y);
     raises DDNError on bad input."""
     B, n = x.shape
     alpha = alpha.detach().contiguous()

@@ -120,12 +120,14 @@ def _newton_bracket(x, y, pen, a, eps):
         hi = torch.where(g > 0, y, hi)
         yn = y - g / H
         tol = 2 * eps * (y.abs() + a1)
-        # stop at the evaluated point once the Newton step is below tol (H is exact there)
-        conv = (g == 0) | ((H > 0) & ((yn - y).abs() <= tol)) | (hi - lo <= tol)
+        # converged once the Newton step is below tol (that last step is still taken: it costs
+        # no pass and brings g to rounding level), g = 0, or the bracket is below tol
+        small = (H > 0) & ((yn - y).abs() <= tol) & (g != 0)
+        conv = (g == 0) | small | (hi - lo <= tol)
         # Newton strictly inside the bracket (a step onto its end can 2-cycle on Huber's
         # piecewise-linear g), else bisection
         newton = (H > 0) & (yn > lo) & (yn < hi)
-        ynew = torch.where(newton, yn, 0.5 * (lo + hi))
+        ynew = torch.where(small, yn, torch.where(conv, y, torch.where(newton, yn, 0.5 * (lo + hi))))
         done = done | conv
         y = torch.where(done, y, ynew)
         if bool(done.all()):
