@@ -206,6 +206,9 @@ class RobustPoolNode(_Base):
         self.penalty = _check_penalty(penalty)
         self.alpha = float(alpha)
 
+    def __repr__(self):
+        return f"RobustPoolNode(penalty={self.penalty!r}, alpha={self.alpha:g})"
+
     def objective(self, x, y):
         """f(x, y) = Σ_i φ(y − x_i; α) (autograd-traceable; y has shape (1,) or is a scalar)."""
         return anp.sum(penalty(y - x, self.penalty, self.alpha))

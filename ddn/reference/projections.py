@@ -157,6 +157,9 @@ class _ProjectionNode:
             raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}")
         self.p, self.radius, self.masked = p, float(radius), bool(masked)
 
+    def __repr__(self):
+        return f"{type(self).__name__}(p={self.p:g}, radius={self.radius:g}, masked={self.masked})"
+
     def objective(self, x, y):
         """f(x, y) = ½‖y − x‖²."""
         return 0.5 * anp.sum((y - x) ** 2)

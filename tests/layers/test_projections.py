@@ -102,6 +102,22 @@ def test_reference_unmasked_is_generic_prop_4_5(p):
     np.testing.assert_allclose(nd.jacobian(x), R.EqConstrainedNode.jacobian(nd, x), atol=1e-9)
 
 
+def test_reference_nodes_pass_check_gradient():
+    """ddn.check.check_gradient (generic machinery) accepts the closed-form nodes. Its smooth
+    KKT residual only applies where the constraint is differentiable: for p = 1, ∞ we take
+    x inside the ball (the sphere pushes every coordinate outward / one coordinate to the face;
+    the ball is inactive), for p = 2 anywhere."""
+    from ddn.check import check_gradient
+    rng = np.random.default_rng(7)
+    for p in PS:
+        for kind in KINDS:
+            rep = check_gradient(node(kind, p, 1.3), sample(rng, 5, 3.0 if p == 2 else 0.4))
+            assert rep.ok, str(rep)
+    for pen in R.PENALTIES:
+        rep = check_gradient(R.RobustPoolNode(pen, 0.8), rng.standard_normal(7))
+        assert rep.ok, str(rep)
+
+
 def test_reference_unmasked_formulas_and_simplex():
     x = np.array([2.0, -0.1, 0.05, 1.5])
     y = R.project_ball(x, 1, 1.0)
