@@ -9,7 +9,7 @@ from ddn.viz.pooling import (PENALTIES, RobustPoolingExplorer, penalty_functions
                              penalty_table_figure)
 from ddn.viz.projections import (P_VALUES, ProjectionExplorer, finite_difference_jacobian,
                                  lp_boundary, lp_projection_figure)
-from ddn.viz.torch_layer import (RobustFitExplorer, polynomial_features,
+from ddn.viz.torch_layer import (RobustFitExplorer, measure, polynomial_features,
                                  solver_comparison_figure)
 
 INF = float("inf")
@@ -156,9 +156,22 @@ def test_polynomial_features_numpy_and_torch():
 
 
 def test_solver_comparison_figure_one_line_per_solver():
-    rows = [{"solver": s, "size": m, "seconds": 1e-3 * m * (i + 1), "bytes": 1000 * m}
+    rows = [{"solver": s, "size": m, "seconds": 1e-3 * m * (i + 1), "bytes": 1000 * m,
+             "backward_seconds": 1e-4 * m}
             for i, s in enumerate(("dense", "cg")) for m in (8, 16, 32)]
     fig = solver_comparison_figure(rows)
     ax_t, ax_m = fig.axes
-    assert len(ax_t.lines) == 2 and len(ax_m.lines) == 2
-    assert np.allclose(ax_t.lines[1].get_ydata(), [16, 32, 64])
+    assert len(ax_t.lines) == 4 and len(ax_m.lines) == 2      # total and backward per solver
+    assert np.allclose(ax_t.lines[2].get_ydata(), [16, 32, 64])
+    assert np.allclose(ax_t.lines[3].get_ydata(), [0.8, 1.6, 3.2])
+    assert np.allclose(ax_m.lines[0].get_ydata(), np.array([8, 16, 32]) * 1000 / 2**20)
+
+
+def test_measure_reports_both_phases_and_the_memory_of_a_known_allocation():
+    import torch
+    x = torch.randn(256, 256, requires_grad=True)
+    r = measure(lambda: x @ x, repeats=1)
+    assert set(r) == {"forward_seconds", "backward_seconds", "seconds", "bytes"}
+    assert r["forward_seconds"] > 0 and r["backward_seconds"] > 0
+    assert np.isclose(r["seconds"], r["forward_seconds"] + r["backward_seconds"])
+    assert r["bytes"] >= 256 * 256 * 4                          # at least the product itself

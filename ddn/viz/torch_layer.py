@@ -3,8 +3,8 @@
 ``RobustFitExplorer`` fits a polynomial to noisy points with outliers by a user-supplied
 ``fit(features, targets, log_lambda, log_alpha) -> coefficients`` (in the notebook: the custom
 declarative layer) and draws the fit next to the truth and the plain least-squares fit;
-``update(log_lambda=..., log_alpha=...)`` redraws. ``measure`` times a forward + backward pass
-and records its peak memory; ``solver_comparison_figure`` draws such measurements for the
+``update(log_lambda=..., log_alpha=...)`` redraws. ``measure`` times a forward and a backward
+pass and records their peak memory; ``solver_comparison_figure`` draws such measurements for the
 ``linear_solver`` options against the problem size.
 """
 import time
@@ -100,46 +100,70 @@ def _peak_cpu_bytes(fn):
     return peak
 
 
-def measure(fn, repeats=3, device="cpu"):
-    """Median wall time (seconds) of ``fn()`` over ``repeats`` runs after one warm-up, and its
-    peak memory in bytes (``torch.cuda.max_memory_allocated`` on CUDA, the profiler's
-    allocation trace on the CPU). ``fn`` should run one forward and backward pass."""
+def measure(forward, loss=None, repeats=3, device="cpu"):
+    """Time and memory of one forward and backward pass.
+
+    ``forward()`` returns a tensor ``y``; the backward pass back-propagates ``loss(y)``
+    (default ``Σ y²``). Each phase is timed separately over ``repeats`` runs after one warm-up
+    (medians), then one more run records the peak memory of both phases together
+    (``torch.cuda.max_memory_allocated`` on CUDA, the profiler's allocation trace on the CPU).
+    Returns ``{"forward_seconds", "backward_seconds", "seconds", "bytes"}``.
+    """
     import torch
-    fn()  # warm-up
-    times = []
+    loss = loss or (lambda y: y.square().sum())
+    cuda = str(device).startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def run():
+        loss(forward()).backward()
+
+    run()  # warm-up
+    tf, tb = [], []
     for _ in range(repeats):
-        if str(device).startswith("cuda"):
-            torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
-        fn()
-        if str(device).startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    if str(device).startswith("cuda"):
+        y = forward()
+        sync()
+        t1 = time.perf_counter()
+        loss(y).backward()
+        sync()
+        tf.append(t1 - t0)
+        tb.append(time.perf_counter() - t1)
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
+        run()
+        sync()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = _peak_cpu_bytes(fn)
-    return float(np.median(times)), int(peak)
+        peak = _peak_cpu_bytes(run)
+    f, b = float(np.median(tf)), float(np.median(tb))
+    return {"forward_seconds": f, "backward_seconds": b, "seconds": f + b, "bytes": int(peak)}
 
 
 def solver_comparison_figure(rows):
-    """Time and peak memory against problem size, one line per linear solver. ``rows`` is a
-    list of dicts with keys ``solver``, ``size``, ``seconds``, ``bytes``."""
+    """Time and peak memory against problem size, one colour per linear solver. ``rows`` is a
+    list of dicts with keys ``solver``, ``size``, ``seconds`` (forward + backward) and
+    ``bytes``, optionally ``backward_seconds`` (then the backward alone is drawn dashed), as
+    ``measure`` returns them."""
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     ax_t, ax_m = fig.subplots(1, 2)
     for i, solver in enumerate(dict.fromkeys(r["solver"] for r in rows)):
         rs = sorted((r for r in rows if r["solver"] == solver), key=lambda r: r["size"])
         m = [r["size"] for r in rs]
-        ax_t.plot(m, [1e3 * r["seconds"] for r in rs], "o-", color=f"C{i}", label=solver)
+        ax_t.plot(m, [1e3 * r["seconds"] for r in rs], "o-", color=f"C{i}",
+                  label=f"{solver}: forward + backward")
+        if all("backward_seconds" in r for r in rs):
+            back = [1e3 * r["backward_seconds"] for r in rs]
+            ax_t.plot(m, back, "s--", color=f"C{i}", alpha=0.7, label=f"{solver}: backward")
         ax_m.plot(m, [r["bytes"] / 2**20 for r in rs], "o-", color=f"C{i}", label=solver)
-    for ax, lab in ((ax_t, "forward + backward (ms)"), (ax_m, "peak memory (MiB)")):
+    for ax, lab in ((ax_t, "time (ms)"), (ax_m, "peak memory, forward + backward (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("unknowns m")
         ax.set_ylabel(lab)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     return fig
