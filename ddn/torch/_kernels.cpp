@@ -187,12 +187,27 @@ static T tq_objective(const T* x, int64_t n, T a, T y) {
   return f;
 }
 
-// The lower median sort(x)[(n−1)/2]: select inside a band around the median of a sorted sample
-// (one branch-free pass), falling back to nth_element on the whole row when the band misses.
+// Counts #(x < t) and #(x <= t) in one vectorized pass (rows are < 2^31 long: int32 lanes).
 template <typename T>
-static T lower_median(const T* x, int64_t n, std::vector<T>& buf) {
+static inline void count_lt_le(const T* x, int64_t n, T t, int64_t& lt, int64_t& le) {
+  int32_t a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+  for (int64_t i = 0; i < n; ++i) {
+    a += x[i] < t ? 1 : 0;
+    b += x[i] <= t ? 1 : 0;
+  }
+  lt = a;
+  le = b;
+}
+
+// The lower median sort(x)[(n−1)/2] by counting passes (each a vectorized compare over the row,
+// which sits in L1): keep a band [lo, hi] with L = #(x < lo) ≤ k < U = #(x ≤ hi), start it from a
+// strided sample, shrink it by rank interpolation (bisection when a step did not halve it), then
+// gather the few values left and select among them. Exact for any finite input (ties included).
+template <typename T>
+static T lower_median(const T* x, int64_t n, T mn, T mx, std::vector<T>& buf) {
   const int64_t k = (n - 1) / 2;
-  if (n < 256) {
+  if (n < 256 || n > (int64_t(1) << 30)) {
     buf.assign(x, x + n);
     std::nth_element(buf.begin(), buf.begin() + k, buf.end());
     return buf[k];
@@ -200,23 +215,41 @@ static T lower_median(const T* x, int64_t n, std::vector<T>& buf) {
   const int64_t m = 127, step = n / m;
   T smp[127];
   for (int64_t j = 0; j < m; ++j) smp[j] = x[j * step + (j * 7919) % step];
-  std::sort(smp, smp + m);
-  const T lo = smp[m / 2 - 16], hi = smp[m / 2 + 16];
+  const int64_t jl = m / 2 - 12, jh = m / 2 + 12;
+  std::nth_element(smp, smp + jl, smp + m);
+  std::nth_element(smp + jl + 1, smp + jh, smp + m);
+  T lo = smp[jl], hi = smp[jh];
+  int64_t L, U, dummy;
+  count_lt_le(x, n, lo, L, dummy);
+  count_lt_le(x, n, hi, dummy, U);
+  if (!(L <= k && U >= k + 1)) {  // the sample band missed: start from the whole range
+    lo = mn;
+    hi = mx;
+    L = 0;
+    U = n;
+  }
+  bool bisect = false;
+  for (int it = 0; it < 200 && U - L > 32; ++it) {
+    T t = lo + (hi - lo) * ((T(k - L) + T(0.5)) / T(U - L));
+    if (bisect || !(t > lo && t < hi)) t = T(0.5) * lo + T(0.5) * hi;
+    if (!(t > lo && t < hi)) break;  // no float strictly inside: at most two distinct values
+    int64_t lt, le, before = U - L;
+    count_lt_le(x, n, t, lt, le);
+    if (lt <= k && le >= k + 1) return t;  // t is an element and the k-th smallest
+    if (le <= k) { lo = t; L = lt; }
+    else { hi = t; U = le; }
+    bisect = 2 * (U - L) > before;
+  }
+  // gather the band [lo, hi] (U − L values, branch-free) and select the (k − L)-th among them
   buf.resize(n);
-  int64_t below = 0, c = 0;
+  int64_t c = 0;
   for (int64_t i = 0; i < n; ++i) {
     T v = x[i];
-    below += v < lo;
     buf[c] = v;
     c += (v >= lo) & (v <= hi);
   }
-  if (below <= k && k < below + c) {
-    std::nth_element(buf.begin(), buf.begin() + (k - below), buf.begin() + c);
-    return buf[k - below];
-  }
-  buf.assign(x, x + n);
-  std::nth_element(buf.begin(), buf.begin() + k, buf.end());
-  return buf[k];
+  std::nth_element(buf.begin(), buf.begin() + (k - L), buf.begin() + c);
+  return buf[k - L];
 }
 
 template <typename T, int P>
@@ -262,7 +295,7 @@ static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H)
     }
     return st;
   } else {
-    const T median = lower_median(x, n, buf);
+    const T median = lower_median(x, n, mn, mx, buf);
     T y1, y2, f1, f2, H1, H2;
     int s1, s2;
     if constexpr (P == WELSCH) {

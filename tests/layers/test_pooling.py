@@ -326,7 +326,13 @@ def test_kernel_median_start_is_the_exact_lower_median(n, backend):
     rows = [torch.randperm(n, generator=g).double(),             # a permutation of 0..n-1
             torch.arange(n, dtype=F64),                            # sorted
             torch.arange(n, 0, -1, dtype=F64) ** 3,                # reversed, skewed
-            torch.cat([torch.zeros(0, dtype=F64), torch.rand(n, generator=g, dtype=F64).exp() * 1e3])]
+            torch.rand(n, generator=g, dtype=F64).exp() * 1e3,       # positive, skewed
+            torch.tan(3.1 * (torch.rand(n, generator=g, dtype=F64) - 0.5))]  # heavy tails
     x = torch.stack(rows)
     y = T.robust_pool(x, "truncated-quadratic", alpha=1e-9)
     torch.testing.assert_close(y, x.median(-1).values, atol=0, rtol=0)
+    # heavy ties (three distinct values; gaps ≫ α): the median start still wins exactly
+    xt = torch.randint(0, 3, (4, n), generator=g).double() * 10
+    xt[1, : n // 2 + 1] = 20.0  # a majority of ties at the top value
+    torch.testing.assert_close(T.robust_pool(xt, "truncated-quadratic", alpha=1e-9),
+                               xt.median(-1).values, atol=0, rtol=0)
