@@ -205,3 +205,17 @@ def test_bilevel_descent():
     view = BilevelDescent(steps=2)
     _drive(view, {"steps": 30}, {"theta0": 0.1})
     assert abs(view.iterates[-1] - THETA_STAR) < 1e-2
+
+
+def test_interact_builds_sliders_at_current_values():
+    pytest.importorskip("ipywidgets")
+    from ddn.viz.singular import TwoSolutionView
+
+    view = TwoSolutionView(x=0.7, branch=-1)
+    fn = view.interact(x=(0.3, 3.0, 0.05), branch=[1, -1])
+    sliders = {w.description: w for w in fn.widget.children if hasattr(w, "description")}
+    assert sliders["x"].value == pytest.approx(0.7) and sliders["branch"].value == -1
+    sliders["x"].value = 2.0            # moving a slider calls update()
+    assert view.values["x"] == pytest.approx(2.0)
+    with pytest.raises(TypeError, match="accepted"):
+        view.interact(y=(0.0, 1.0))
