@@ -122,8 +122,8 @@ assert np.allclose(opt.multipliers, lam_eq32, atol=1e-6)
 # %% [markdown]
 # **Do not merge constraints.** The observation after Cor. 4.7 warns against writing several
 # constraints as one, $\sum_i h_i^2 = 0$: at a feasible point its gradient is zero, so
-# `A = D_Y h` has rank 0 and the Lagrange conditions break down (Eq. 32 then produces an absurd
-# multiplier, which makes `H` singular). The library refuses it with a `DDNError` rather than
+# `A = D_Y h` has rank 0 and the Lagrange conditions break down (Eq. 32 would produce an absurd
+# multiplier). The library checks for a vanishing constraint gradient and refuses with a `DDNError` rather than
 # returning a wrong gradient:
 
 # %%
@@ -145,6 +145,7 @@ try:
 except DDNError as err:
     raised = True
     print("DDNError:", str(err)[:200], "...")
+    assert "vanishes" in str(err)
 assert raised
 
 # %% [markdown]

@@ -491,6 +491,7 @@ class EqConstrainedNode(DeclarativeNode):
         solver_res = ctx.get("residual", 0.0)
         kkt = self.kkt_residual(x, y, self._multipliers_from_ctx(ctx, p, q), solver_res)
         lam_all, active = kkt["multipliers"], list(kkt["active"])
+        self._check_vanishing_gradients(x, y, active, kkt["grad_f"])
         lam_tol = self._active_tol(solver_res) * (1 + np.max(np.abs(kkt["grad_f"])))
         weak, messages = self._check_inequality_multipliers(lam_all[p:], active, lam_tol)
         if weak and self.weakly_active == "unconstrained":
@@ -504,6 +505,25 @@ class EqConstrainedNode(DeclarativeNode):
             rule=self.rule, messages=messages, **self._pullbacks(x, y, lam, active))
 
     weakly_active = "constrained"
+
+    def _check_vanishing_gradients(self, x, y, active, grad_f):
+        """A constraint whose gradient D_Y h_i vanishes at y (e.g. two constraints merged as
+        h₁² + h₂² = 0, the observation after Cor. 4.7) breaks the Lagrange conditions: Eq. 32
+        would return an absurd multiplier. Refused unless a non-regular remedy was chosen."""
+        if self.nonregular != "error":
+            return
+        A = self.active_jacobian(x, y, active)
+        if A.size == 0:
+            return
+        scale = 1.0 + float(np.max(np.abs(grad_f), initial=0.0))
+        zero = np.flatnonzero(np.linalg.norm(A, axis=1) <= 1e-8 * scale)
+        if zero.size:
+            raise DDNError(
+                f"the gradient D_Y h of active constraint(s) {zero.tolist()} vanishes at y "
+                f"(|D_Y h_i| <= {1e-8 * scale:.1e}): the Lagrange conditions do not hold (a "
+                "constraint written as a square or several constraints merged into Σh_i² = 0 "
+                "do this, see the observation after Cor. 4.7). Write each constraint "
+                "separately, or choose nonregular='drop' or 'pinv'.")
 
     def _check_inequality_multipliers(self, lam_in, active, lam_tol):
         """Prop. 4.6: active inequality multipliers must be λ ≤ 0 (L = f − Σλh); λ = 0 (within

@@ -339,3 +339,25 @@ def test_objective_not_finite_at_the_initial_guess():
     with np.errstate(divide="ignore", invalid="ignore"):
         with pytest.raises(DDNError, match="not finite at the initial guess"):
             LogBarrier(2, 2).solve(np.ones(2))
+
+
+def test_merged_constraints_are_refused_with_the_right_reason():
+    """Σh² = 0 has D_Y h = 0 at the solution (observation after Cor. 4.7): the error must say so,
+    not blame H."""
+    import autograd.numpy as anp
+    import numpy as np
+    import pytest
+    from ddn import DDNError
+    from ddn.reference import EqConstrainedNode
+
+    class Merged(EqConstrainedNode):
+        def objective(self, x, y):
+            return 0.5 * anp.sum((y - x) ** 2)
+
+        def equality_constraints(self, x, y):
+            return (anp.dot(y, y) - 1.0) ** 2 + y[2] ** 2
+
+    x = np.array([0.6, -1.2, 0.4])
+    y = np.r_[x[:2] / np.linalg.norm(x[:2]), 0.0]
+    with pytest.raises(DDNError, match="vanishes"):
+        Merged(3, 3).jacobian(x, y, {})
