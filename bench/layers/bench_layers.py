@@ -174,18 +174,29 @@ def main(argv=None):
         print(f"{r['layer']:<22}{r['ms']:>9.1f}{r['vs_max']:>8.2f}{r['vs_mean']:>8.2f}{tgt:>8}"
               f"{ok:>5}{res:>11}{eag:>13}")
 
-    proj = bench_projections(proj_shape, reps=max(20, 10 * reps))
-    print(f"\nProjections, {proj_shape} float32, forward+backward vs F.normalize")
-    print(f"{'layer':<22}{'us':>9}{'x normalize':>13}{'target':>8}{'ok':>5}{'eager x norm':>14}")
-    for r in proj:
-        tgt = f"{r['target_vs_normalize']:.0f}" if "target_vs_normalize" in r else ""
-        ok = ("yes" if r["ok"] else "NO") if "ok" in r else ""
-        print(f"{r['layer']:<22}{r['us']:>9.0f}{r['vs_normalize']:>13.2f}{tgt:>8}{ok:>5}"
-              f"{r['eager_vs_normalize']:>14.1f}")
+    # small tensors: torch's multi-threaded kernels can stall on a loaded machine (OpenMP
+    # barriers), while ours runs one thread below _kernels._PAR_MIN; so time both settings
+    proj = {}
+    nt = torch.get_num_threads()
+    for threads in sorted({nt, 1}, reverse=True):
+        torch.set_num_threads(threads)
+        try:
+            proj[threads] = bench_projections(proj_shape, reps=max(20, 10 * reps))
+        finally:
+            torch.set_num_threads(nt)
+        print(f"\nProjections, {proj_shape} float32, forward+backward vs F.normalize, "
+              f"{threads} torch thread(s)")
+        print(f"{'layer':<22}{'us':>9}{'x normalize':>13}{'target':>8}{'ok':>5}{'eager x norm':>14}")
+        for r in proj[threads]:
+            tgt = f"{r['target_vs_normalize']:.0f}" if "target_vs_normalize" in r else ""
+            ok = ("yes" if r["ok"] else "NO") if "ok" in r else ""
+            print(f"{r['layer']:<22}{r['us']:>9.0f}{r['vs_normalize']:>13.2f}{tgt:>8}{ok:>5}"
+                  f"{r['eager_vs_normalize']:>14.1f}")
 
     out = {"machine": machine, "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
            "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "pool_shape": pool_shape,
-           "proj_shape": proj_shape, "pooling": pool, "projections": proj}
+           "proj_shape": proj_shape, "pooling": pool,
+           "projections": {f"{k}_threads": v for k, v in proj.items()}}
     if not quick:
         Path(args.out).write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.out}")
