@@ -1,2 +1,511 @@
-"""(being written)"""
-__all__ = []
+"""Generic batched declarative nodes and the layer that back-propagates through them.
+
+A declarative node defines ``y(x) ∈ argmin_u f(x, u)`` subject to optional constraints; the user
+writes the objective (and constraints, and optionally a ``solve``), the node supplies the gradient by
+implicit differentiation (Gould et al., Deep Declarative Networks, Prop. 4.4–4.6):
+
+    vᵀ Dy(x) = −wᵀ D_x F(x, z),   K w = [v; 0],   F = ∇_z ℒ,   K = ∇²_zz ℒ,
+
+with ``z = y`` and ``ℒ = f`` (unconstrained, ``K = H = D²_YY f``) or ``z = (y, λ)`` and
+``ℒ = f − λᵀh̃`` (``h̃``: equalities and active inequalities; ``K`` the KKT matrix). See
+:func:`implicit_vjp`.
+
+Contract (batched over dim 0; ``xs`` are one or more tensors ``(b, ...)``, ``y`` is ``(b, ...)``):
+
+- ``objective(*xs, y) -> (b,)``, separable over the batch.
+- ``solve(*xs) -> (y, ctx)``: ``ctx`` a dict, may carry ``"multipliers"`` ``(b, p + q)`` in the
+  convention ``L = f − λᵀ[h; g]`` (so active inequalities have ``λ ≤ 0``), ``"active"`` ``(b, q)``
+  bool and ``"converged"`` ``(b,)`` bool. A default solver is provided for every node class.
+- ``equality_constraints(*xs, y) -> (b, p)`` or ``(b,)``: ``h = 0``.
+- ``inequality_constraints(*xs, y) -> (b, q)`` or ``(b,)``: ``g ≤ 0``.
+- ``linear_constraints() -> (A, b)``: ``A y = b``, ``A`` ``(p, m)`` or ``(batch, p, m)``.
+
+Parameters θ of the objective are inputs like any other: pass them to the layer,
+``layer(x, theta)``; an input that does not require grad gets None.
+"""
+import torch
+from torch import nn
+
+from ddn import DDNError
+from ._implicit import implicit_vjp, report, default_tol, batched_hessian, LINEAR_SOLVERS
+from . import _linalg, _solvers
+
+__all__ = ["DeclarativeNode", "EqConstrainedNode", "IneqConstrainedNode", "LinEqConstrainedNode",
+           "DeclarativeLayer", "implicit_vjp"]
+
+_ALL_SOLVERS = LINEAR_SOLVERS + ("unroll",)
+
+
+def _as_2d(c, b):
+    if c is None:
+        return None
+    if c.dim() == 1:
+        c = c.unsqueeze(-1)
+    if c.dim() != 2 or c.shape[0] != b:
+        raise DDNError(f"constraints must return shape (batch, k) or (batch,), got {tuple(c.shape)} "
+                       f"for batch {b}")
+    return c
+
+
+class DeclarativeNode:
+    """Unconstrained declarative node ``y(x) ∈ argmin_u f(x, u)``; ``Dy = −H⁻¹B`` (Prop. 4.4), applied
+    as ``vᵀDy = −wᵀB`` with ``Hw = v`` (``H = D²_YY f``, ``B = D²_XY f``; ``B`` is never formed).
+
+    Subclass and implement ``objective(*xs, y) -> (b,)``; optionally ``solve(*xs) -> (y, ctx)`` and
+    ``initial_guess(*xs)``. The default solver is batched Newton with a line search from
+    ``initial_guess`` (zeros of shape ``(b, *output_shape)``).
+
+    Args:
+        output_shape: shape of one ``y`` (int or tuple); needed only by the default ``initial_guess``.
+        linear_solver: ``"dense"`` (default: ``H`` from vmapped Hessian–vector products, batched
+            Cholesky, LU fallback with residual check), ``"cg"`` (matrix-free conjugate gradients,
+            MINRES for KKT systems) or ``"unroll"`` (``DeclarativeLayer`` differentiates through
+            the solver's iterations instead; teaching and testing).
+        tol, max_iter: of the iterative linear solvers.
+        singular: ``None`` (report singular ``H``), ``"pinv"`` or ``"proximal"`` (opt-in remedies).
+        proximal_delta: δ of ``H + δI`` for ``singular="proximal"``.
+        on_degenerate: ``"warn"`` (DDNWarning) or ``"error"`` (DDNError).
+        residual_tol: optimality residual above which the gradient is reported (1e-6 / 1e-3 by dtype).
+        active_tol: an inequality is active when ``g > −active_tol`` (1e-6 / 1e-3 by dtype); also the
+            tolerance of the multiplier sign and weak-activity checks (relative to ‖∇_Y f‖).
+        solver_tol, solver_max_iter: of the default forward solver (‖∇ℒ‖ ≤ solver_tol).
+    """
+
+    floor = "torch"
+    constrained = False
+
+    def __init__(self, output_shape=None, *, linear_solver="dense", tol=None, max_iter=None,
+                 singular=None, proximal_delta=1e-6, on_degenerate="warn", residual_tol=None,
+                 active_tol=None, solver_tol=None, solver_max_iter=100):
+        if linear_solver not in _ALL_SOLVERS:
+            raise DDNError(f"linear_solver={linear_solver!r}: choose one of {_ALL_SOLVERS}")
+        if singular not in (None, "pinv", "proximal"):
+            raise DDNError(f"singular={singular!r}: choose None, 'pinv' or 'proximal'")
+        if on_degenerate not in ("warn", "error"):
+            raise DDNError(f"on_degenerate={on_degenerate!r}: choose 'warn' or 'error'")
+        if isinstance(output_shape, int):
+            output_shape = (output_shape,)
+        self.output_shape = None if output_shape is None else tuple(output_shape)
+        self.linear_solver = linear_solver
+        self.tol, self.max_iter = tol, max_iter
+        self.singular, self.proximal_delta = singular, proximal_delta
+        self.on_degenerate = on_degenerate
+        self.residual_tol, self.active_tol = residual_tol, active_tol
+        self.solver_tol, self.solver_max_iter = solver_tol, solver_max_iter
+
+    # ---- the problem (user) -------------------------------------------------------------------
+    def objective(self, *xs_and_y):
+        """``f(*xs, y) -> (b,)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement objective(*xs, y)")
+
+    def equality_constraints(self, *xs_and_y):
+        return None
+
+    def inequality_constraints(self, *xs_and_y):
+        return None
+
+    def initial_guess(self, *xs):
+        """Starting point of the default solver: zeros ``(b, *output_shape)``."""
+        if self.output_shape is None:
+            raise DDNError(f"{type(self).__name__}: the default solver needs output_shape=... in the "
+                           "constructor, or an initial_guess(*xs) method, or your own solve(*xs)")
+        x0 = xs[0]
+        return torch.zeros(x0.shape[0], *self.output_shape, dtype=x0.dtype, device=x0.device)
+
+    def solve(self, *xs):
+        """Default: batched Newton with a backtracking line search (Levenberg shift where ``H`` is
+        not positive definite). Finds a local minimum near ``initial_guess``."""
+        y0 = self.initial_guess(*xs)
+        b, shape = y0.shape[0], y0.shape[1:]
+        diff = self._differentiable(xs)
+        y, info = _solvers.newton(lambda yf: self.objective(*xs, yf.reshape(b, *shape)),
+                                  y0.reshape(b, -1), tol=self._solver_tol(y0),
+                                  max_iter=self.solver_max_iter, differentiable=diff)
+        return y.reshape(b, *shape), {"converged": info["converged"], "grad_norm": info["grad_norm"]}
+
+    # ---- public gradient helpers --------------------------------------------------------------
+    def __call__(self, *xs):
+        """``y`` with the implicit backward (same as ``DeclarativeLayer(self)(*xs)``)."""
+        return DeclarativeLayer(self)(*xs)
+
+    def vjp(self, *xs, v, y=None, ctx=None, linear_solver=None):
+        """``vᵀ Dy(x)`` for every input (a tuple, one ``(b, ...)`` tensor per floating input)."""
+        if y is None:
+            y, ctx = self._solve_checked(xs)
+        xs_r = tuple(x.detach().requires_grad_(x.is_floating_point()) for x in xs)
+        grads, _ = self._backward(xs_r, y, ctx, v, linear_solver=linear_solver)
+        return grads
+
+    def jacobian(self, *xs, y=None, ctx=None):
+        """``Dy(x)`` per input as ``(b, m, n_i)`` (flattened y and x_i), from m VJPs. For tests and
+        small problems; back-propagation never builds it. A single input gives a tensor."""
+        if y is None:
+            y, ctx = self._solve_checked(xs)
+        b = y.shape[0]
+        m = y[0].numel()
+        rows = []
+        for j in range(m):
+            v = torch.zeros(b, m, dtype=y.dtype, device=y.device)
+            v[:, j] = 1
+            rows.append(self.vjp(*xs, v=v.reshape(y.shape), y=y, ctx=ctx, linear_solver="dense"))
+        out = tuple(torch.stack([r[i].reshape(b, -1) for r in rows], 1) for i in range(len(xs)))
+        return out[0] if len(out) == 1 else out
+
+    def diagnose(self, *xs, y=None, ctx=None):
+        """Per-element findings at the solution: ``residual`` ‖∇ℒ‖, ``cond_H`` (of ``H`` reduced to the
+        tangent space of the active constraints), ``active_rank`` and ``n_active`` (rank and rows of
+        the equality + active inequality Jacobian), ``weakly_active``
+        (list of (element, constraint) pairs), ``multipliers``. Warnings are raised as usual."""
+        if y is None:
+            y, ctx = self._solve_checked(xs)
+        xs_d = tuple(x.detach() for x in xs)
+        b = y.shape[0]
+        v = torch.zeros(b, y[0].numel(), dtype=y.dtype, device=y.device)
+        _, info = self._backward(xs_d, y, ctx, v, linear_solver="dense")
+        m = v.shape[1]
+        K = info["K"]
+        H = K[:, :m, :m]
+        cond, rank, n_act = [], [], []
+        for e in range(b):
+            Z = None
+            if "A" in info:
+                Ae = info["A"][e][info["mask"][e]]
+                r = int(torch.linalg.matrix_rank(Ae)) if Ae.shape[0] else 0
+                rank.append(r)
+                n_act.append(int(info["mask"][e].sum()))
+                if Ae.shape[0]:
+                    _, S, Vh = torch.linalg.svd(Ae, full_matrices=True)
+                    Z = Vh[r:].T
+            He = H[e] if Z is None else Z.T @ H[e] @ Z
+            if He.numel() == 0 or not torch.isfinite(He).all():
+                cond.append(float("nan") if He.numel() else 1.0)
+                continue
+            ev = torch.linalg.eigvalsh(0.5 * (He + He.T)).abs()
+            cond.append(float(ev.max() / ev.min()) if ev.min() > 0 else float("inf"))
+        return {"residual": info["residual"], "cond_H": torch.tensor(cond, dtype=torch.float64),
+                "active_rank": rank or None, "n_active": n_act or None,
+                "weakly_active": info.get("weakly_active", []), "multipliers": info.get("lam"),
+                "y": y, "ctx": ctx}
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _solver_tol(self, y):
+        return self.solver_tol if self.solver_tol is not None else default_tol(y.dtype, 1e-10, 1e-5)
+
+    def _active_tol(self, y):
+        return self.active_tol if self.active_tol is not None else default_tol(y.dtype, 1e-6, 1e-3)
+
+    @staticmethod
+    def _differentiable(xs):
+        return torch.is_grad_enabled() and any(torch.is_tensor(x) and x.requires_grad for x in xs)
+
+    def _constraints(self, xs, y):
+        b = y.shape[0]
+        return (_as_2d(self.equality_constraints(*xs, y), b),
+                _as_2d(self.inequality_constraints(*xs, y), b))
+
+    def _solve_checked(self, xs):
+        if not xs:
+            raise DDNError("a declarative node needs at least one input tensor")
+        for x in xs:
+            if not torch.is_tensor(x):
+                raise DDNError(f"inputs must be tensors batched over dim 0, got {type(x).__name__}")
+        b = xs[0].shape[0] if xs[0].dim() else None
+        if b is None or any(x.dim() == 0 or x.shape[0] != b for x in xs):
+            raise DDNError(f"inputs must share the batch size on dim 0, got shapes "
+                           f"{[tuple(x.shape) for x in xs]}")
+        bad = torch.zeros(b, dtype=torch.bool, device=xs[0].device)
+        for x in xs:
+            if x.is_floating_point():
+                bad |= ~torch.isfinite(x.detach().reshape(b, -1)).all(1)
+        if bad.any():
+            report("non-finite input (NaN or Inf)", bad, "Their outputs and gradients will be "
+                   "NaN. Remedy: clean or mask the input before the layer.", self.on_degenerate)
+        out = self.solve(*xs)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise DDNError(f"{type(self).__name__}.solve must return (y, ctx), got {type(out).__name__}")
+        y, ctx = out
+        ctx = {} if ctx is None else dict(ctx)
+        if not torch.is_tensor(y) or not y.is_floating_point() or y.dim() == 0 or y.shape[0] != b:
+            raise DDNError(f"solve must return a floating tensor y of shape (batch={b}, ...), got "
+                           f"{getattr(y, 'shape', type(y).__name__)}")
+        conv = ctx.get("converged")
+        if conv is not None:
+            conv = torch.as_tensor(conv, device=y.device).reshape(-1)
+            nc = ~conv & ~bad
+            if nc.any():
+                report("the forward solver did not converge", nc, "Remedy: raise solver_max_iter "
+                       "or solver_tol, give a better initial_guess, or write your own solve.",
+                       self.on_degenerate)
+        return y, ctx
+
+    def _multipliers(self, xs, yf, shape, ctx, create_graph):
+        """Active set, multipliers λ (b, p + q) with ``λᵀA = D_Y f`` and the checks on them."""
+        b, m = yf.shape
+        eps_scale = self._active_tol(yf)
+        with torch.enable_grad():
+            y_ = yf if (create_graph and yf.requires_grad) else yf.detach().requires_grad_(True)
+            y_s = y_.reshape(b, *shape)
+            fval = self.objective(*xs, y_s)
+            (gf,) = torch.autograd.grad(fval.sum(), y_, create_graph=create_graph)  # D_Y f
+            h, g = self._constraints(xs, y_s)
+            p = 0 if h is None else h.shape[1]
+            q = 0 if g is None else g.shape[1]
+            c = torch.cat([t for t in (h, g) if t is not None], 1)
+            P = p + q
+            basis = torch.eye(P, dtype=yf.dtype, device=yf.device).unsqueeze(1).expand(P, b, P)
+            (A,) = torch.autograd.grad(c, y_, grad_outputs=basis, is_grads_batched=True,
+                                       create_graph=create_graph, allow_unused=True)
+            A = torch.zeros(P, b, m, dtype=yf.dtype, device=yf.device) if A is None else A
+            A = A.transpose(0, 1)  # A = D_Y [h; g], (b, P, m)
+        ones = torch.ones(b, p, dtype=torch.bool, device=yf.device)
+        if q:
+            if ctx.get("active") is not None:
+                act = torch.as_tensor(ctx["active"], device=yf.device).reshape(b, q).bool()
+            else:
+                act = g.detach() > -eps_scale
+        else:
+            act = torch.zeros(b, 0, dtype=torch.bool, device=yf.device)
+        mask = torch.cat([ones, act], 1)
+        maskf = mask.to(yf.dtype)
+        Am = A * maskf.unsqueeze(-1)
+        # Gram matrix of the active constraint gradients, identity rows for inactive ones
+        M = Am @ Am.transpose(1, 2) + torch.diag_embed(1 - maskf)
+        rhs = (Am @ gf.unsqueeze(-1)).squeeze(-1)
+        sing = "pinv" if self.singular == "pinv" else None
+        lam_ls, minfo = _linalg.solve_dense(M, rhs, singular=sing)
+        finite = torch.isfinite(yf.detach()).all(1)
+        rank_def = minfo["singular"] & finite
+        if rank_def.any() and sing is None:  # with singular="pinv" the remedy was chosen
+            report("the gradients of the equality and active inequality constraints are linearly "
+                   "dependent (rank-deficient; not a regular point, Def. 4.3)", rank_def,
+                   "Remedy: remove redundant constraints, or opt in to singular='pinv' (least-norm "
+                   "multipliers and a pseudo-inverse of the KKT matrix).", self.on_degenerate)
+        given = ctx.get("multipliers")
+        if given is not None and not create_graph:
+            lam = torch.as_tensor(given, dtype=yf.dtype, device=yf.device).reshape(b, P) * maskf
+        else:
+            lam = lam_ls * maskf
+        scale = eps_scale * gf.detach().norm(dim=-1).clamp_min(1.0)
+        weak = []
+        if q:
+            li = lam.detach()[:, p:]
+            wrong = act & (li > scale.unsqueeze(-1))
+            if wrong.any():
+                report("an active inequality constraint has a multiplier of the wrong sign (λ > 0 "
+                       "with L = f − λᵀg, g ≤ 0): y is not a constrained minimum, or the constraint "
+                       "should be inactive", wrong.any(1), "Remedy: check the solver and the sign "
+                       "convention of ctx['multipliers'] (L = f − λᵀ[h; g]).", self.on_degenerate)
+            wk = act & (li.abs() <= scale.unsqueeze(-1)) & finite.unsqueeze(-1)
+            if wk.any():
+                weak = [tuple(t) for t in wk.nonzero().tolist()]
+                report(f"weakly active inequality constraints (g = 0 and λ = 0; (element, "
+                       f"constraint) = {weak}): y is not differentiable there and the gradient is "
+                       "one-sided (the constraint is treated as active)", wk.any(1),
+                       "Remedy: none needed if a one-sided gradient is acceptable (as ReLU at 0); "
+                       "otherwise perturb the input.", self.on_degenerate)
+        return lam, mask, {"A": A.detach(), "mask": mask, "p": p, "q": q, "weakly_active": weak,
+                           "rank_deficient": rank_def}
+
+    def _backward(self, xs, y, ctx, v, create_graph=False, linear_solver=None):
+        """The implicit gradient: tuple of per-input gradients and the diagnostics dict."""
+        ctx = ctx or {}
+        ls = linear_solver or self.linear_solver
+        if ls == "unroll":
+            ls = "dense"
+        b, shape = y.shape[0], y.shape[1:]
+        yf = y.reshape(b, -1)
+        if not create_graph:
+            xs = tuple(x.detach().requires_grad_(x.requires_grad) for x in xs)
+            yf = yf.detach()
+        vf = v.reshape(b, -1).to(y.dtype)
+        opts = dict(linear_solver=ls, tol=self.tol, max_iter=self.max_iter, singular=self.singular,
+                    proximal_delta=self.proximal_delta, on_degenerate=self.on_degenerate,
+                    residual_tol=self.residual_tol, create_graph=create_graph)
+        if not self.constrained:
+            def f(*a):
+                return self.objective(*a[:-1], a[-1].reshape(b, *shape))
+            return implicit_vjp(f, xs, yf, vf, spd=True, **opts)
+        xs_m = xs if create_graph else tuple(x.detach() for x in xs)
+        lam, mask, minfo = self._multipliers(xs_m, yf, shape, ctx, create_graph)
+        m, p = yf.shape[1], minfo["p"]
+        maskf = mask.to(y.dtype)
+
+        def lagrangian(*a):
+            # ℒ = f − Σ_{eq, active} λ_i c_i − ½ Σ_{inactive} λ_i²  (masked identity rows in K)
+            zz = a[-1]
+            yy, ll = zz[:, :m].reshape(b, *shape), zz[:, m:]
+            h, g = self._constraints(a[:-1], yy)
+            c = torch.cat([t for t in (h, g) if t is not None], 1)
+            return (self.objective(*a[:-1], yy) - (maskf * ll * c).sum(-1)
+                    - 0.5 * ((1 - maskf) * ll * ll).sum(-1))
+
+        z = torch.cat([yf, lam if create_graph else lam.detach()], 1)
+        grads, info = implicit_vjp(lagrangian, xs, z, vf, spd=False, n_primal=m,
+                                   known_degenerate=minfo["rank_deficient"], **opts)
+        info.update(minfo)
+        info["lam"] = lam.detach()
+        return grads, info
+
+    def _unrolled(self, *xs):
+        """Forward with autograd through the solver's iterations (linear_solver="unroll")."""
+        y, ctx = self._solve_checked(xs)
+        if any(x.requires_grad for x in xs) and not y.requires_grad:
+            raise DDNError(f"{type(self).__name__}: linear_solver='unroll' needs a solve written in "
+                           "differentiable torch ops, but y came back without a graph. Use "
+                           "linear_solver='dense' or 'cg' (implicit differentiation) instead.")
+        return y
+
+
+class EqConstrainedNode(DeclarativeNode):
+    """``y(x) ∈ argmin_u f(x, u)  s.t.  h(x, u) = 0`` (Prop. 4.5); backward solves the KKT system
+    ``[[H, −Aᵀ], [−A, 0]] w = [v; 0]`` (``H = D²_YY L``, ``A = D_Y h``) and takes one VJP of the
+    first-order conditions. Implement ``objective`` and ``equality_constraints(*xs, y) -> (b, p)``.
+    The default solver is Newton on the KKT system (local SQP) from ``initial_guess`` and ``λ = 0``.
+    Multipliers: ``ctx["multipliers"]`` if the solver gives them (convention ``L = f − λᵀh``), else
+    least squares ``λ = (AAᵀ)⁻¹ A ∇_Y f`` (Eq. 32).
+    """
+
+    constrained = True
+
+    def equality_constraints(self, *xs_and_y):
+        raise NotImplementedError(f"{type(self).__name__} must implement equality_constraints(*xs, y)")
+
+    def solve(self, *xs):
+        y0 = self.initial_guess(*xs)
+        b, shape = y0.shape[0], y0.shape[1:]
+        m = y0[0].numel()
+        h0 = _as_2d(self.equality_constraints(*xs, y0), b)
+        p = h0.shape[1]
+
+        def lagr(z):
+            yy = z[:, :m].reshape(b, *shape)
+            return self.objective(*xs, yy) - (z[:, m:] * _as_2d(self.equality_constraints(*xs, yy), b)).sum(-1)
+
+        z0 = torch.cat([y0.reshape(b, m), y0.new_zeros(b, p)], 1)
+        z, info = _solvers.newton_kkt(lagr, z0, tol=self._solver_tol(y0), max_iter=self.solver_max_iter,
+                                      differentiable=self._differentiable(xs))
+        return z[:, :m].reshape(b, *shape), {"multipliers": z[:, m:].detach(),
+                                             "converged": info["converged"]}
+
+
+class IneqConstrainedNode(EqConstrainedNode):
+    """``y(x) ∈ argmin_u f(x, u)  s.t.  h(x, u) = 0, g(x, u) ≤ 0`` (Prop. 4.6). Active constraints
+    (``g > −active_tol``, or ``ctx["active"]``) join ``h`` per batch element; inactive ones get a
+    masked identity row in the KKT system. Multiplier signs (``λ ≤ 0`` for active ``g``) are checked
+    and weakly active constraints (``λ = 0``) reported: the gradient is then one-sided.
+
+    Implement ``objective`` and ``inequality_constraints(*xs, y) -> (b, q)``; ``equality_constraints``
+    is optional. The default solver is an augmented Lagrangian (method of multipliers with Newton
+    inner solves) polished by Newton on the active set's KKT system: fine for small smooth problems;
+    for anything else (large q, non-smooth, degenerate) write ``solve`` (e.g. a closed form or a QP
+    solver) and return ``ctx["multipliers"]`` when you have them. It cannot be unrolled.
+    """
+
+    def equality_constraints(self, *xs_and_y):
+        return None
+
+    def inequality_constraints(self, *xs_and_y):
+        raise NotImplementedError(f"{type(self).__name__} must implement inequality_constraints(*xs, y)")
+
+    def solve(self, *xs):
+        if self._differentiable(xs):
+            raise DDNError(f"{type(self).__name__}: the default inequality solver cannot be unrolled; "
+                           "write a solve in torch ops, or use linear_solver='dense' or 'cg'")
+        y0 = self.initial_guess(*xs)
+        b, shape = y0.shape[0], y0.shape[1:]
+
+        def f(yf):
+            return self.objective(*xs, yf.reshape(b, *shape))
+
+        def h(yf):
+            return _as_2d(self.equality_constraints(*xs, yf.reshape(b, *shape)), b)
+
+        def g(yf):
+            return _as_2d(self.inequality_constraints(*xs, yf.reshape(b, *shape)), b)
+
+        has_h = self.equality_constraints(*xs, y0) is not None
+        y, lam, active, info = _solvers.augmented_lagrangian(
+            f, h if has_h else None, g, y0.reshape(b, -1), tol=self._solver_tol(y0),
+            max_iter=self.solver_max_iter, active_tol=self._active_tol(y0))
+        return y.reshape(b, *shape), {"multipliers": lam, "active": active, "converged": info["converged"]}
+
+
+class LinEqConstrainedNode(EqConstrainedNode):
+    """``y(x) ∈ argmin_u f(x, u)  s.t.  A u = b`` with fixed ``A`` (Cor. 4.9). Implement ``objective``
+    and ``linear_constraints() -> (A, b)``, ``A`` ``(p, m)`` or ``(batch, p, m)``, ``b`` ``(p,)`` or
+    ``(batch, p)``; ``y`` is flattened to ``m`` for ``A``."""
+
+    def linear_constraints(self):
+        raise NotImplementedError(f"{type(self).__name__} must implement linear_constraints() -> (A, b)")
+
+    def equality_constraints(self, *xs_and_y):
+        y = xs_and_y[-1]
+        A, b = self.linear_constraints()
+        A = torch.as_tensor(A, dtype=y.dtype, device=y.device)
+        b = torch.as_tensor(b, dtype=y.dtype, device=y.device)
+        yf = y.reshape(y.shape[0], -1)
+        if A.dim() == 2:
+            if A.shape[1] != yf.shape[1]:
+                raise DDNError(f"linear_constraints: A has {A.shape[1]} columns, y has {yf.shape[1]} entries")
+            return yf @ A.T - b
+        return (A @ yf.unsqueeze(-1)).squeeze(-1) - b
+
+
+class _ImplicitFunction(torch.autograd.Function):
+    """Forward: the node's solve (no graph). Backward: :func:`implicit_vjp`, written in torch ops, so
+    double-backward works (the multipliers are recomputed by least squares inside the graph)."""
+
+    @staticmethod
+    def forward(fctx, node, linear_solver, *xs):
+        with torch.no_grad():
+            y, sctx = node._solve_checked(xs)
+        y = y.detach()
+        if any(y is x for x in xs):
+            y = y.clone()
+        fctx.node, fctx.sctx, fctx.linear_solver = node, sctx, linear_solver
+        fctx.save_for_backward(*xs, y)
+        return y
+
+    @staticmethod
+    def backward(fctx, gy):
+        *xs, y = fctx.saved_tensors
+        create_graph = torch.is_grad_enabled()
+        needs = fctx.needs_input_grad[2:]
+        if not create_graph:
+            xs = [x.detach().requires_grad_(bool(n) and x.is_floating_point()) for x, n in zip(xs, needs)]
+        grads, _ = fctx.node._backward(tuple(xs), y, fctx.sctx, gy, create_graph=create_graph,
+                                       linear_solver=fctx.linear_solver)
+        grads = [gr if n else None for gr, n in zip(grads, needs)]
+        return (None, None, *grads)
+
+
+class DeclarativeLayer(nn.Module):
+    """``layer(*xs)`` returns the node's solution ``y`` (batched over dim 0) and back-propagates by
+    implicit differentiation (:func:`implicit_vjp`), never through the solver's iterations — unless
+    ``linear_solver="unroll"`` is chosen explicitly (then autograd differentiates the solver's own
+    torch ops; the default Newton/SQP solvers support it).
+
+    Args:
+        node: a ``ddn.torch`` node. If it is an ``nn.Module`` it is registered as a submodule.
+        linear_solver: overrides ``node.linear_solver`` (``"dense"``, ``"cg"``, ``"minres"``,
+            ``"unroll"``).
+    """
+
+    def __init__(self, node, *, linear_solver=None):
+        super().__init__()
+        if getattr(node, "floor", None) != "torch":
+            raise DDNError(f"DeclarativeLayer needs a ddn.torch node (floor == 'torch'), got "
+                           f"{type(node).__name__}")
+        if linear_solver is not None and linear_solver not in _ALL_SOLVERS:
+            raise DDNError(f"linear_solver={linear_solver!r}: choose one of {_ALL_SOLVERS}")
+        self.node = node
+        self.linear_solver = linear_solver
+
+    def forward(self, *xs):
+        ls = self.linear_solver or self.node.linear_solver
+        if ls == "unroll":
+            return self.node._unrolled(*xs)
+        return _ImplicitFunction.apply(self.node, ls, *xs)
+
+    def extra_repr(self):
+        return f"node={type(self.node).__name__}, linear_solver={self.linear_solver or self.node.linear_solver!r}"

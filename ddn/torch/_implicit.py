@@ -1,0 +1,221 @@
+"""The implicit-function step, on its own (like jaxopt's ``root_vjp``).
+
+A solution ``z*(x)`` of the first-order conditions ``F(x, z) = ∇_z ℒ(x, z) = 0`` of a scalar
+function ``ℒ`` (per batch element) moves with ``x`` as ``D z*(x) = −K⁻¹ D_x F`` (implicit function
+theorem), where ``K = D_z F = ∇²_zz ℒ`` is symmetric. For an incoming gradient ``v``:
+
+    vᵀ D z*(x) = −wᵀ D_x F,      K w = v.
+
+So one linear solve with ``K`` and ONE vector–Jacobian product of ``F`` with cotangent ``−w``
+give the gradient of every input; ``D_x F`` (``B = D²_XY f`` and ``C = D_X h``) is never built.
+
+- Unconstrained node: ``z = y``, ``ℒ = f`` and ``K = H = D²_YY f`` (Prop. 4.4).
+- Constrained node: ``z = (y, λ)``, ``ℒ = f − λᵀh̃`` with ``h̃`` the equality and active inequality
+  constraints; then ``K = [[H, −Aᵀ], [−A, 0]]`` is the (symmetric) KKT matrix and the same step is
+  Prop. 4.5/4.6. Inactive inequality constraints carry ``−½λ_i²`` instead of ``−λ_i g_i``, which
+  puts a ``−1`` on their diagonal (a masked identity row): the batch is never regrouped.
+"""
+import warnings
+
+import torch
+
+from ddn import DDNError, DDNWarning
+from . import _linalg
+
+__all__ = ["implicit_vjp"]
+
+LINEAR_SOLVERS = ("dense", "cg", "minres")
+
+
+def report(problem, elements, remedy, on_degenerate="warn", stacklevel=3):
+    """Name a degenerate point: a DDNWarning (or DDNError when ``on_degenerate="error"``)."""
+    if isinstance(elements, torch.Tensor):
+        elements = elements.nonzero().flatten().tolist()
+    msg = f"ddn.torch: {problem} at batch element(s) {list(elements)}. {remedy}"
+    if on_degenerate == "error":
+        raise DDNError(msg)
+    warnings.warn(msg, DDNWarning, stacklevel=stacklevel)
+    return msg
+
+
+def default_tol(dtype, f64, f32):
+    return f64 if dtype == torch.float64 else f32
+
+
+def batched_hessian(g, z, *, create_graph=False):
+    """``K[e] = D_z g[e]`` for a batch-separable gradient ``g = ∇_z ℒ`` of shape (b, N), built from N
+    Hessian–vector products evaluated at once (``is_grads_batched``: a vmap over the backward).
+    Returns (b, N, N)."""
+    b, N = z.shape
+    basis = torch.eye(N, dtype=z.dtype, device=z.device).unsqueeze(1).expand(N, b, N)
+    try:
+        (K,) = torch.autograd.grad(g, z, grad_outputs=basis, is_grads_batched=True,
+                                   retain_graph=True, create_graph=create_graph, allow_unused=True)
+    except RuntimeError:
+        # An op without a batching rule: fall back to one product per coordinate.
+        cols = [torch.autograd.grad(g, z, grad_outputs=basis[i], retain_graph=True,
+                                    create_graph=create_graph, allow_unused=True)[0] for i in range(N)]
+        K = None if cols[0] is None else torch.stack(cols)
+    if K is None:
+        return torch.zeros(b, N, N, dtype=z.dtype, device=z.device)
+    return K.transpose(0, 1)
+
+
+def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_iter=None,
+                 singular=None, proximal_delta=1e-6, n_primal=None, spd=True,
+                 on_degenerate="warn", residual_tol=None, create_graph=False, matrix_name=None,
+                 known_degenerate=None):
+    """Pull ``v`` back through the solution ``z*`` of ``∇_z ℒ(x, z) = 0``.
+
+    ``vᵀ D z*(x) = −wᵀ D_x(∇_z ℒ)`` with ``K w = v``, ``K = ∇²_zz ℒ`` (symmetric): one linear solve and
+    one vector–Jacobian product of the first-order conditions with cotangent ``−w``.
+
+    Shapes: ``z`` (b, N); ``v`` (b, N) or (b, n_primal) (zero-padded: the multipliers get no
+    incoming gradient); ``lagrangian(*xs, z)`` returns (b,) and must be separable over the batch.
+
+    Args:
+        lagrangian: ``ℒ(*xs, z) -> (b,)``; ``f`` for an unconstrained problem.
+        xs: the inputs; gradients are returned for those with ``requires_grad`` (None elsewhere).
+        z: the solution (b, N): ``y`` or ``(y, λ)``.
+        v: the incoming gradient.
+        linear_solver: ``"dense"`` (``K`` from vmapped Hessian–vector products, Cholesky, LU fallback
+            with residual check), ``"cg"`` (matrix-free conjugate gradients; MINRES when ``spd`` is
+            False) or ``"minres"``.
+        tol, max_iter: of the iterative solvers (defaults 1e-10 / 1e-5 by dtype, ``10 N``).
+        singular: ``None`` (report singular ``K``), ``"pinv"`` (``w = K⁺v``, dense only) or
+            ``"proximal"`` (``K + δI`` on the primal block, ``δ = proximal_delta``).
+        n_primal: size of ``y`` within ``z`` (default N).
+        spd: whether ``K`` should be positive definite (True for an unconstrained minimum): an
+            indefinite ``K`` is then reported.
+        on_degenerate: ``"warn"`` (DDNWarning) or ``"error"`` (DDNError).
+        residual_tol: report elements with ``‖∇_z ℒ‖ >`` this (default 1e-6 / 1e-3 by dtype).
+        create_graph: keep the graph of the result (double-backward); ``xs`` and ``z`` must then be
+            the graph's tensors.
+        matrix_name: how messages name ``K``.
+        known_degenerate: (b,) bool, elements already reported by the caller (not named again).
+
+    Returns:
+        ``(grads, info)``: a tuple with one gradient (or None) per input, and a dict of per-element
+        diagnostics (``residual`` = ‖∇_z ℒ‖, ``converged``, ``singular``, ``cond``, ``K`` when dense).
+
+    Reference: Gould et al., Deep Declarative Networks, Prop. 4.4–4.6 and Sec. 6.1.
+    """
+    if linear_solver not in LINEAR_SOLVERS:
+        raise DDNError(f"linear_solver={linear_solver!r} is not one of {LINEAR_SOLVERS} "
+                       "(\"unroll\" is handled by DeclarativeLayer, not by the implicit step)")
+    if singular not in (None, "pinv", "proximal"):
+        raise DDNError(f"singular={singular!r}: choose None, 'pinv' or 'proximal'")
+    if singular == "pinv" and linear_solver != "dense":
+        raise DDNError("singular='pinv' needs linear_solver='dense' (a pseudo-inverse needs K)")
+    b, N = z.shape
+    n_primal = N if n_primal is None else n_primal
+    dtype = z.dtype
+    name = matrix_name or ("H = D²_YY f" if spd else "the KKT matrix [[H, −Aᵀ], [−A, 0]]")
+    if v.shape[-1] != N:
+        v = torch.cat([v, v.new_zeros(b, N - v.shape[-1])], dim=-1)
+    if tol is None:
+        tol = default_tol(dtype, 1e-10, 1e-5)
+    if max_iter is None:
+        max_iter = max(10 * N, 50)
+    if residual_tol is None:
+        residual_tol = default_tol(dtype, 1e-6, 1e-3)
+
+    xs = tuple(xs)
+    if not create_graph:
+        xs = tuple(x.detach().requires_grad_(x.requires_grad) if torch.is_tensor(x) else x for x in xs)
+        z = z.detach().requires_grad_(True)
+        v = v.detach()
+    else:
+        # Aliases keep the graph (for double-backward) but make grad(·, alias) a PARTIAL derivative:
+        # z may itself depend on xs (z = y(x)); differentiating through it would recurse.
+        xs = tuple(x.clone() if torch.is_tensor(x) and x.requires_grad else x for x in xs)
+        z = z.clone() if z.requires_grad else z.detach().requires_grad_(True)
+    want = [i for i, x in enumerate(xs) if torch.is_tensor(x) and x.requires_grad]
+    info = {}
+    # elements to name: finite ones not already reported (NaN input is reported by the node)
+    named = torch.isfinite(z.detach()).all(1) & torch.isfinite(v).all(1)
+    if known_degenerate is not None:
+        named = named & ~known_degenerate.to(named.device)
+    with torch.enable_grad():
+        if not z.requires_grad:
+            z = z.requires_grad_(True)
+        L = lagrangian(*xs, z)
+        if L.shape != (b,):
+            raise DDNError(f"the objective/Lagrangian must return shape (batch,) = ({b},), got {tuple(L.shape)}")
+        (g,) = torch.autograd.grad(L.sum(), z, create_graph=True)  # F = ∇_z ℒ, (b, N)
+        info["residual"] = g.detach().norm(dim=-1)
+        delta = proximal_delta if singular == "proximal" else 0.0
+        pdiag = None
+        if delta:
+            pdiag = torch.zeros(N, dtype=dtype, device=z.device)
+            pdiag[:n_primal] = delta
+
+        if linear_solver == "dense":
+            K = batched_hessian(g, z, create_graph=create_graph)  # K = ∇²_zz ℒ  (H, or KKT)
+            if pdiag is not None:
+                K = K + torch.diag_embed(pdiag).expand(b, N, N)
+            w, sinfo = _linalg.solve_dense(K, v, singular=singular)
+            info.update(sinfo)
+            info["K"] = K.detach()
+            sing = sinfo["singular"] & ~sinfo["pinv"] & named
+            if sing.any():
+                report(f"{name} is singular or ill-conditioned (cond ≈ "
+                       f"{float(sinfo['cond'][sinfo['singular']].max()):.1e}); y is not an isolated "
+                       "solution or the constraints are degenerate, and the gradient is unreliable",
+                       sing,
+                       "Remedy: reparametrize or add a constraint (e.g. fix ‖y‖), or opt in to "
+                       "singular='pinv' (pseudo-inverse, Eq. 51) or singular='proximal' "
+                       "(H + δI, proximal_delta=δ).", on_degenerate)
+            indef = ~sinfo["pd"] & ~sinfo["singular"] & named
+            if spd and indef.any():
+                report(f"{name} is indefinite (not positive definite): y is a saddle point or a "
+                       "maximum, not a minimum; the gradient is that of this stationary point",
+                       indef,
+                       "Remedy: check the solver (it should return a minimum), or ignore if a "
+                       "stationary point is intended.", on_degenerate)
+        else:
+            def matvec(u):  # K u, a Hessian–vector product; K never formed
+                (Ku,) = torch.autograd.grad(g, z, grad_outputs=u, retain_graph=True,
+                                            create_graph=create_graph, allow_unused=True)
+                Ku = torch.zeros_like(u) if Ku is None else Ku
+                return Ku if pdiag is None else Ku + pdiag * u
+            if linear_solver == "cg" and spd:
+                w, sinfo = _linalg.cg(matvec, v, tol=tol, max_iter=max_iter)
+                if (sinfo["negative_curvature"] & named).any():
+                    report(f"{name} is not positive definite (conjugate gradients met negative "
+                           "curvature)", sinfo["negative_curvature"] & named,
+                           "Remedy: use linear_solver='dense' (LU fallback) or 'minres', or check "
+                           "that the solver returns a minimum.", on_degenerate)
+            else:
+                w, sinfo = _linalg.minres(matvec, v, tol=tol, max_iter=max_iter)
+            info.update(sinfo)
+            bad = ~sinfo["converged"] & named
+            if "negative_curvature" in sinfo:
+                bad = bad & ~sinfo["negative_curvature"]
+            if bad.any():
+                report(f"the {linear_solver} linear solve with {name} did not converge in "
+                       f"{max_iter} iterations (tol {tol:g}); K may be singular or ill-conditioned",
+                       bad, "Remedy: raise max_iter or tol, use linear_solver='dense', or opt in "
+                       "to singular='proximal'.", on_degenerate)
+
+        high = named & (info["residual"] > residual_tol)
+        if high.any():
+            report(f"the optimality residual ‖∇ℒ‖ is large (max {float(info['residual'][high].max()):.2e}"
+                   f" > residual_tol={residual_tol:g}): y is not a solution of the first-order "
+                   "conditions, so the implicit gradient is not the gradient of y",
+                   high, "Remedy: solve more accurately (tighter solver tolerance, more iterations) "
+                   "or raise residual_tol.", on_degenerate)
+
+        # One VJP of F = ∇_z ℒ with cotangent −w gives every input's gradient: −wᵀ D_x F
+        # (this is −wᵀ B (and + wᵀ C for constraints) without forming B = D²_XY f or C = D_X h).
+        targets = [xs[i] for i in want]
+        out = [None] * len(xs)
+        if targets:
+            gs = torch.autograd.grad(g, targets, grad_outputs=-w, allow_unused=True,
+                                     create_graph=create_graph)
+            for i, gi in zip(want, gs):
+                out[i] = torch.zeros_like(xs[i]) if gi is None else gi
+        if not create_graph:
+            out = [None if o is None else o.detach() for o in out]
+    info["w"] = w.detach()
+    return tuple(out), info

@@ -1,0 +1,213 @@
+"""Batched linear solvers for the implicit-function step (private).
+
+Every solver takes a batch of symmetric systems ``K w = r`` (``K`` is ``(b, N, N)`` or given as a
+matrix-free product ``u -> K u``, ``r`` is ``(b, N)``) and returns ``w`` together with a dict of
+per-element diagnostics, so that the caller can name the degenerate batch elements.
+
+- :func:`solve_dense`: Cholesky; elements whose ``K`` is not positive definite fall back to LU with
+  a residual check, then to an unbatched float64 solve (a guard against the batched-LU trouble
+  seen on some MKL builds); optional pseudo-inverse for singular elements.
+- :func:`cg`: conjugate gradients (``K`` symmetric positive definite), flags negative curvature.
+- :func:`minres`: MINRES (``K`` symmetric, possibly indefinite: KKT systems).
+
+All are written in torch ops, so they are differentiable (double-backward) where the factorisations
+are.
+"""
+import torch
+
+__all__ = []
+
+
+def eps_of(dtype):
+    return torch.finfo(dtype).eps
+
+
+def default_cond_max(dtype):
+    """Condition number above which a matrix is called singular: ``0.1 / eps``."""
+    return 0.1 / eps_of(dtype)
+
+
+def _rel_residual(K, w, r):
+    Kw = (K @ w.unsqueeze(-1)).squeeze(-1)
+    num = (Kw - r).norm(dim=-1)
+    den = K.flatten(1).norm(dim=-1) * w.norm(dim=-1) + r.norm(dim=-1)
+    return num / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def solve_dense(K, r, *, singular=None, cond_max=None):
+    """Solve the batch ``K w = r`` with symmetric ``K`` (b, N, N), ``r`` (b, N).
+
+    Returns ``w`` (b, N) and ``info`` with per-element tensors: ``pd`` (Cholesky succeeded),
+    ``cond`` (positive definite elements: an estimate from the Cholesky factor's diagonal, a lower
+    bound; the others: exact, from eigenvalues), ``singular`` (cond above ``cond_max``, non-finite,
+    or a bad residual), ``indefinite``, ``linear_residual``
+    (relative residual ``‖Kw − r‖ / (‖K‖‖w‖ + ‖r‖)``), ``pinv`` (elements solved by pseudo-inverse).
+    ``singular="pinv"`` solves the singular elements with ``K⁺`` (singular values below
+    ``σ_max / cond_max`` dropped); otherwise they keep whatever the factorisation gave.
+    """
+    b, N = r.shape
+    dtype, dev = K.dtype, K.device
+    if cond_max is None:
+        cond_max = default_cond_max(dtype)
+    eye = torch.eye(N, dtype=dtype, device=dev).expand(b, N, N)
+    finite = torch.isfinite(K).flatten(1).all(1) & torch.isfinite(r).all(1)
+    Kc = torch.where(finite[:, None, None], K, eye)
+    rc = torch.where(finite[:, None], r, torch.zeros_like(r))
+
+    with torch.no_grad():
+        L0, info0 = torch.linalg.cholesky_ex(Kc.detach())
+        pd = (info0 == 0) & finite
+        d = L0.diagonal(dim1=-2, dim2=-1).abs()
+        dmin = d.min(-1).values
+        cond = torch.where(pd & (dmin > 0), (d.max(-1).values / torch.where(dmin > 0, dmin, 1)) ** 2,
+                           torch.full_like(dmin, float("inf")))
+    w = torch.zeros_like(rc)
+    if pd.any():
+        if pd.all() and not Kc.requires_grad:
+            L = L0
+        else:
+            L = torch.linalg.cholesky(torch.where(pd[:, None, None], Kc, eye))
+        wc = torch.cholesky_solve(rc.unsqueeze(-1), L).squeeze(-1)
+        w = torch.where(pd[:, None], wc, w)
+    bad = (~pd) & finite
+    if bad.any():
+        idx = bad.nonzero().squeeze(1)
+        Kb, rb = Kc[idx], rc[idx]
+        with torch.no_grad():
+            # not positive definite: exact condition and inertia from the eigenvalues
+            Ksym = 0.5 * (Kb + Kb.transpose(-1, -2)).detach()
+            ev = torch.linalg.eigvalsh(Ksym)
+            umin = ev.abs().min(-1).values
+            cond_b = torch.where(umin > 0, ev.abs().max(-1).values / torch.where(umin > 0, umin, 1),
+                                 torch.full_like(umin, float("inf")))
+        wb = torch.linalg.solve_ex(Kb, rb)[0]
+        res_b = _rel_residual(Kb, wb, rb).detach()
+        tol = 100 * N * eps_of(dtype)
+        retry = ~(res_b <= tol)  # catches NaN too
+        if retry.any():
+            # Unbatched float64 solve per element: guards against the batched-LU trap.
+            rows = []
+            for j in range(wb.shape[0]):
+                if retry[j]:
+                    sol = torch.linalg.solve_ex(Kb[j].double(), rb[j].double())[0].to(dtype)
+                    rows.append(sol)
+                else:
+                    rows.append(wb[j])
+            wb = torch.stack(rows)
+        w = w.index_put((idx,), wb)
+        cond = cond.index_put((idx,), cond_b)
+    residual = _rel_residual(Kc, w, rc).detach()
+    is_singular = (cond > cond_max) | ~torch.isfinite(w).all(1) | ~(residual <= 1e3 * N * eps_of(dtype))
+    is_singular = is_singular | ~finite
+    used_pinv = torch.zeros_like(pd)
+    if singular == "pinv" and (is_singular & finite).any():
+        idx = (is_singular & finite).nonzero().squeeze(1)
+        P = torch.linalg.pinv(Kc[idx], rtol=1.0 / cond_max, hermitian=True)
+        wp = (P @ rc[idx].unsqueeze(-1)).squeeze(-1)
+        w = w.index_put((idx,), wp)
+        used_pinv = used_pinv.index_put((idx,), torch.ones_like(idx, dtype=torch.bool))
+    w = torch.where(finite[:, None], w, torch.full_like(w, float("nan")))
+    return w, {"pd": pd, "cond": cond, "singular": is_singular, "linear_residual": residual,
+               "pinv": used_pinv, "converged": finite & (~is_singular | used_pinv)}
+
+
+def _bdot(a, b):
+    return (a * b).sum(-1)
+
+
+def cg(matvec, r, *, tol, max_iter):
+    """Conjugate gradients for the batch ``K w = r``, ``K`` symmetric positive definite given as
+    ``matvec(u) = K u`` on ``(b, N)`` tensors. Stops element-wise when ``‖r − Kw‖ ≤ tol ‖r‖``.
+
+    Returns ``w`` and ``info`` with ``converged``, ``negative_curvature`` (``pᵀKp ≤ 0`` met: ``K`` is
+    not positive definite) and ``iterations``.
+    """
+    w = torch.zeros_like(r)
+    res = r
+    p = r
+    rs = _bdot(res, res)
+    thresh = (tol * r.norm(dim=-1)).detach()
+    done = (rs.detach().sqrt() <= thresh)
+    neg = torch.zeros_like(done)
+    it = 0
+    for it in range(1, max_iter + 1):
+        if bool(done.all()):
+            it -= 1
+            break
+        Kp = matvec(p)
+        pKp = _bdot(p, Kp)
+        neg = neg | ((pKp.detach() <= 0) & ~done)
+        stop = done | neg
+        alpha = torch.where(stop, torch.zeros_like(pKp), rs / torch.where(stop, torch.ones_like(pKp), pKp))
+        w = w + alpha.unsqueeze(-1) * p
+        res = res - alpha.unsqueeze(-1) * Kp
+        rs_new = _bdot(res, res)
+        done = done | neg | (rs_new.detach().sqrt() <= thresh)
+        beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), torch.zeros_like(rs))
+        p = res + beta.unsqueeze(-1) * p
+        rs = rs_new
+    converged = (rs.detach().sqrt() <= thresh) & ~neg
+    return w, {"converged": converged, "negative_curvature": neg, "iterations": it}
+
+
+def minres(matvec, r, *, tol, max_iter):
+    """MINRES (Paige & Saunders, 1975) for the batch ``K w = r`` with ``K`` symmetric, possibly
+    indefinite (a KKT matrix), given as ``matvec``. Stops element-wise when the residual estimate
+    ``φ̄ ≤ tol ‖r‖``. Returns ``w`` and ``info`` with ``converged`` and ``iterations``."""
+    b = r.shape[0]
+    dt = r.dtype
+    one = torch.ones(b, dtype=dt, device=r.device)
+    zero = torch.zeros(b, dtype=dt, device=r.device)
+    tiny = torch.finfo(dt).tiny ** 0.5
+    beta1 = r.norm(dim=-1)
+    thresh = (tol * beta1).detach()
+    x = torch.zeros_like(r)
+    r1 = r
+    r2 = r
+    y = r
+    beta = beta1
+    oldb = zero
+    dbar = zero
+    epsln = zero
+    phibar = beta1
+    cs = -one
+    sn = zero
+    w = torch.zeros_like(r)
+    w2 = torch.zeros_like(r)
+    done = phibar.detach() <= thresh
+    it = 0
+    for it in range(1, max_iter + 1):
+        if bool(done.all()):
+            it -= 1
+            break
+        bsafe = torch.where(beta.abs() > tiny, beta, one)
+        v = y / bsafe.unsqueeze(-1)
+        y = matvec(v)
+        if it >= 2:
+            osafe = torch.where(oldb.abs() > tiny, oldb, one)
+            y = y - (beta / osafe).unsqueeze(-1) * r1
+        alfa = _bdot(v, y)
+        y = y - (alfa / bsafe).unsqueeze(-1) * r2
+        r1 = r2
+        r2 = y
+        oldb = beta
+        beta = y.norm(dim=-1)
+        oldeps = epsln
+        delta = cs * dbar + sn * alfa
+        gbar = sn * dbar - cs * alfa
+        epsln = sn * beta
+        dbar = -cs * beta
+        gamma = torch.sqrt(gbar * gbar + beta * beta).clamp_min(tiny)
+        cs = gbar / gamma
+        sn = beta / gamma
+        phi = cs * phibar
+        phibar = sn * phibar
+        w1 = w2
+        w2 = w
+        w = (v - oldeps.unsqueeze(-1) * w1 - delta.unsqueeze(-1) * w2) / gamma.unsqueeze(-1)
+        x = torch.where(done.unsqueeze(-1), x, x + phi.unsqueeze(-1) * w)
+        done = done | (phibar.detach() <= thresh) | (beta.detach() <= tiny)
+    # The estimate φ̄ can be optimistic: confirm with a true residual.
+    true_res = (matvec(x) - r).norm(dim=-1).detach()
+    converged = true_res <= 10 * thresh + 10 * eps_of(dt) * beta1.detach()
+    return x, {"converged": converged, "iterations": it, "linear_residual": true_res / beta1.detach().clamp_min(tiny)}

@@ -1,0 +1,223 @@
+"""Default forward solvers, batched and written in torch ops (private).
+
+So that a user can write only the objective (and constraints):
+
+- :func:`newton`: unconstrained ``min_y f(y)``, Newton with a Levenberg shift where ``H`` is not
+  positive definite and a backtracking (Armijo) line search, per batch element.
+- :func:`newton_kkt`: ``∇_z ℒ(z) = 0`` for ``z = (y, λ)`` (equality-constrained SQP), Newton on the
+  KKT system with a backtracking line search on ``‖∇ℒ‖``. Converges locally; it finds a KKT point
+  (not necessarily a minimum) from the initial guess.
+- :func:`augmented_lagrangian`: adds inequalities ``g ≤ 0`` by the method of multipliers (inner
+  :func:`newton`), then polishes the active set with :func:`newton_kkt`.
+
+With ``differentiable=True`` (linear_solver="unroll") every step keeps its graph, so autograd can
+differentiate through the iterations; one extra full Newton step is taken at the end so that the
+derivative of the iterates has converged too.
+"""
+import torch
+
+from ._implicit import batched_hessian
+from . import _linalg
+
+__all__ = []
+
+
+def _grad_and_hessian(fn, y, differentiable):
+    with torch.enable_grad():
+        if differentiable and y.requires_grad:
+            yk = y
+        else:
+            yk = y.detach().requires_grad_(True)
+        f = fn(yk)
+        (g,) = torch.autograd.grad(f.sum(), yk, create_graph=True)
+        H = batched_hessian(g, yk, create_graph=differentiable)
+    if not differentiable:
+        f, g = f.detach(), g.detach()
+    return f, g, H
+
+
+def _shifted_cholesky(H):
+    """Cholesky of ``H + μI`` with the smallest μ in {0, 1e-8·s, 1e-7·s, …} that works, per element."""
+    b, m, _ = H.shape
+    eye = torch.eye(m, dtype=H.dtype, device=H.device)
+    scale = 1.0 + H.detach().diagonal(dim1=-2, dim2=-1).abs().amax(-1)
+    mu = torch.zeros_like(scale)
+    L, info = torch.linalg.cholesky_ex(H)
+    k = 0
+    while bool((info != 0).any()) and k < 20:
+        bad = info != 0
+        mu = torch.where(bad, torch.where(mu == 0, 1e-8 * scale, 10 * mu), mu)
+        L, info = torch.linalg.cholesky_ex(H + mu[:, None, None] * eye)
+        k += 1
+    return L, mu
+
+
+def newton(fn, y0, *, tol, max_iter, differentiable=False, max_backtrack=40):
+    """Minimise ``fn(y) -> (b,)`` over ``y`` (b, m) from ``y0``.
+
+    Returns ``(y, info)``, ``info = {"converged": (b,) bool, "iterations": int, "grad_norm": (b,)}``;
+    converged means ``‖∇f‖ ≤ tol``.
+    """
+    y = y0 if differentiable else y0.detach()
+    b = y.shape[0]
+    gn = torch.full((b,), float("inf"), dtype=y.dtype, device=y.device)
+    it = 0
+    for it in range(max_iter + 1):
+        f, g, H = _grad_and_hessian(fn, y, differentiable)
+        gn = g.detach().norm(dim=-1)
+        conv = gn <= tol
+        if bool(conv.all()) or it == max_iter:
+            if differentiable and y.requires_grad:
+                # one full Newton step for all: the derivative of the iterate converges too
+                L, _ = _shifted_cholesky(H)
+                y = y - torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1)
+            break
+        L, _ = _shifted_cholesky(H.detach())
+        d = -torch.cholesky_solve(g.detach().unsqueeze(-1), L).squeeze(-1)
+        with torch.no_grad():
+            t = torch.ones_like(gn)
+            f0 = f.detach()
+            slope = (g.detach() * d).sum(-1)
+            yd = y.detach()
+            for _ in range(max_backtrack):
+                fn_new = fn(yd + t.unsqueeze(-1) * d)
+                ok = (fn_new <= f0 + 1e-4 * t * slope) | conv
+                # round-off near the minimum: accept a step that does not increase f
+                ok = ok | ((fn_new - f0).abs() <= 1e-12 * (1 + f0.abs()))
+                if bool(ok.all()):
+                    break
+                t = torch.where(ok, t, 0.5 * t)
+            t = torch.where(conv | ~ok, torch.zeros_like(t), t)
+        if differentiable:
+            # Newton step with graph: y ← y − t H⁻¹ ∇f
+            Ld, _ = _shifted_cholesky(H)
+            d = -torch.cholesky_solve(g.unsqueeze(-1), Ld).squeeze(-1)
+        y = y + t.unsqueeze(-1) * d
+        if not bool((t > 0).any()):
+            break  # every unconverged element stalled (round-off); report below
+    if not differentiable:
+        y = y.detach()
+    return y, {"converged": gn <= tol, "iterations": it, "grad_norm": gn}
+
+
+def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=30):
+    """Solve ``∇_z ℒ(z) = 0`` (``lagr(z) -> (b,)``) by Newton's method on the (symmetric, indefinite)
+    KKT matrix ``K = ∇²_zz ℒ`` with a backtracking line search on ``‖∇ℒ‖``.
+
+    Returns ``(z, info)`` with ``converged`` (‖∇ℒ‖ ≤ tol), ``iterations``, ``grad_norm``.
+    """
+    z = z0 if differentiable else z0.detach()
+
+    def F_of(zz):
+        with torch.enable_grad():
+            zk = zz.detach().requires_grad_(True)
+            (gk,) = torch.autograd.grad(lagr(zk).sum(), zk)
+        return gk
+
+    gn = None
+    it = 0
+    for it in range(max_iter + 1):
+        _, g, K = _grad_and_hessian(lagr, z, differentiable)
+        gn = g.detach().norm(dim=-1)
+        conv = gn <= tol
+        if bool(conv.all()) or it == max_iter:
+            if differentiable and z.requires_grad:
+                z = z - _linalg.solve_dense(K, g)[0]
+            break
+        d, _ = _linalg.solve_dense(K.detach(), -g.detach())
+        d = torch.nan_to_num(d)
+        with torch.no_grad():
+            t = torch.ones_like(gn)
+            zd = z.detach()
+            for _ in range(max_backtrack):
+                gnew = F_of(zd + t.unsqueeze(-1) * d).norm(dim=-1)
+                ok = (gnew <= (1 - 1e-4 * t) * gn) | conv
+                if bool(ok.all()):
+                    break
+                t = torch.where(ok, t, 0.5 * t)
+            t = torch.where(conv | ~ok, torch.zeros_like(t), t)
+        if differentiable:
+            d = -_linalg.solve_dense(K, g)[0]
+        z = z + t.unsqueeze(-1) * d
+        if not bool((t > 0).any()):
+            break
+    if not differentiable:
+        z = z.detach()
+    return z, {"converged": gn <= tol, "iterations": it, "grad_norm": gn}
+
+
+def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40, rho0=10.0):
+    """``min_y f(y)  s.t.  h(y) = 0, g(y) ≤ 0`` (each ``(b, ·)`` or None) by the method of multipliers:
+
+        ℒ_ρ(y) = f − λ_hᵀh + ρ/2 ‖h‖² + 1/(2ρ) Σ (max(0, μ + ρ g)² − μ²),
+        λ_h ← λ_h − ρ h,   μ ← max(0, μ + ρ g),
+
+    then Newton on the KKT system of the equality and active constraints (``μ > 0`` or
+    ``g > −active_tol``) to polish. Multipliers are returned in ddn's sign convention
+    (``L = f − λᵀ[h; g]``, so active inequalities have ``λ ≤ 0``). Not differentiable (no unroll).
+
+    Returns ``(y, lam, active, info)``.
+    """
+    y = y0.detach()
+    b = y.shape[0]
+    h0 = h(y) if h is not None else None
+    g0 = g(y) if g is not None else None
+    p = 0 if h0 is None else h0.shape[-1]
+    q = 0 if g0 is None else g0.shape[-1]
+    lam_h = y.new_zeros(b, p)
+    mu = y.new_zeros(b, q)
+    rho = torch.full((b,), rho0, dtype=y.dtype, device=y.device)
+    prev = torch.full_like(rho, float("inf"))
+    inner_ok = torch.ones(b, dtype=torch.bool, device=y.device)
+    for _ in range(max_outer):
+        lh, mu_, r = lam_h, mu, rho
+
+        def aug(yy, lh=lh, mu_=mu_, r=r):
+            val = f(yy)
+            if p:
+                hv = h(yy)
+                val = val - (lh * hv).sum(-1) + 0.5 * r * (hv * hv).sum(-1)
+            if q:
+                gv = g(yy)
+                val = val + ((torch.relu(mu_ + r.unsqueeze(-1) * gv) ** 2 - mu_ ** 2).sum(-1)) / (2 * r)
+            return val
+
+        y, ninfo = newton(aug, y, tol=tol, max_iter=max_iter)
+        inner_ok = ninfo["converged"]
+        with torch.no_grad():
+            viol = y.new_zeros(b)
+            if p:
+                hv = h(y)
+                lam_h = lam_h - rho.unsqueeze(-1) * hv
+                viol = torch.maximum(viol, hv.abs().amax(-1))
+            if q:
+                gv = g(y)
+                viol = torch.maximum(viol, torch.maximum(gv, -mu / rho.unsqueeze(-1)).abs().amax(-1))
+                mu = torch.relu(mu + rho.unsqueeze(-1) * gv)
+            if bool((viol <= tol).all()):
+                break
+            rho = torch.where(viol > 0.25 * prev, (10 * rho).clamp_max(1e8), rho)
+            prev = viol
+    with torch.no_grad():
+        active = torch.zeros(b, q, dtype=torch.bool, device=y.device)
+        if q:
+            active = (mu > 0) | (g(y) > -active_tol)
+    mask = torch.cat([torch.ones(b, p, dtype=torch.bool, device=y.device), active], -1)
+
+    def lagr(zz):
+        yy, lam = zz[:, :y.shape[1]], zz[:, y.shape[1]:]
+        cons = torch.cat([c for c in (h(yy) if p else None, g(yy) if q else None) if c is not None], -1)
+        return f(yy) - (mask * lam * cons).sum(-1) - 0.5 * ((~mask) * lam * lam).sum(-1)
+
+    lam0 = torch.cat([lam_h, -mu], -1) * mask
+    z, kinfo = newton_kkt(lagr, torch.cat([y, lam0], -1), tol=tol, max_iter=20)
+    y_pol, lam_pol = z[:, :y.shape[1]], z[:, y.shape[1]:]
+    # keep the polished point only where it is a valid KKT point of the original problem
+    with torch.no_grad():
+        good = kinfo["converged"]
+        if q:
+            gp = g(y_pol)
+            good = good & ((gp <= active_tol) | ~active).all(-1) & ((lam_pol[:, p:] <= active_tol) | ~active).all(-1)
+        y = torch.where(good.unsqueeze(-1), y_pol, y)
+        lam = torch.where(good.unsqueeze(-1), lam_pol, lam0)
+    return y, lam, active, {"converged": good | inner_ok & (viol <= 10 * tol)}

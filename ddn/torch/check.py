@@ -1,0 +1,193 @@
+"""Gradient and optimality check for the torch floor (``ddn.check.check_gradient`` dispatches here).
+
+For a ``ddn.torch`` node or :class:`DeclarativeLayer`: the implicit Jacobian ``Dy`` (from VJPs,
+per batch element) against central finite differences of the node's solver in float64, the
+node's own ``vjp`` (its configured linear solver) against ``vᵀDy``, and what
+:meth:`DeclarativeNode.diagnose` finds at the solution: optimality residual, condition of ``H``
+on the tangent space of the active constraints, rank and number of the active constraints,
+weakly active inequalities. For any other ``nn.Module`` ``y = module(*xs)``: autograd's Jacobian
+against finite differences (no optimality information).
+"""
+import copy
+import warnings
+
+import torch
+
+from ddn import DDNError, DDNWarning
+
+__all__ = ["check_gradient_torch"]
+
+
+def _report_cls():
+    try:
+        from ddn.check import GradientReport
+        return GradientReport
+    except ImportError:  # pragma: no cover - ddn.check is written concurrently
+        from dataclasses import dataclass, field
+
+        @dataclass
+        class GradientReport:
+            ok: bool
+            max_abs_error: float
+            max_rel_error: float
+            residual: float
+            cond_H: float = float("nan")
+            active_rank: int = 0
+            n_active: int = 0
+            weakly_active: list = field(default_factory=list)
+            messages: list = field(default_factory=list)
+            details: dict = field(default_factory=dict)
+        return GradientReport
+
+
+def _fd_jacobian(fun, xs, eps, side="central"):
+    """Per-element finite-difference Jacobian of ``y = fun(*xs)`` (batch-separable): (b, m, Σn_i).
+    One coordinate of every batch element is perturbed at once."""
+    y0 = fun(*xs)
+    b = y0.shape[0]
+    cols = []
+    for i, x in enumerate(xs):
+        if not x.is_floating_point():
+            continue
+        xf = x.reshape(b, -1)
+        for j in range(xf.shape[1]):
+            h = eps * xf[:, j].abs().clamp_min(1.0)
+
+            def shifted(s):
+                xp = xf.clone()
+                xp[:, j] = xp[:, j] + s * h
+                args = list(xs)
+                args[i] = xp.reshape(x.shape)
+                return fun(*args).reshape(b, -1)
+
+            if side == "central":
+                d = (shifted(1) - shifted(-1)) / (2 * h[:, None])
+            elif side == "forward":
+                d = (shifted(1) - y0.reshape(b, -1)) / h[:, None]
+            else:
+                d = (y0.reshape(b, -1) - shifted(-1)) / h[:, None]
+            cols.append(d)
+    return torch.stack(cols, -1)
+
+
+def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
+                         residual_tol=1e-6, seed=0, linear_solver=None):
+    """Check a torch-floor node's implicit gradient against central finite differences (float64).
+
+    Args:
+        node_or_layer: a ``ddn.torch`` node, a :class:`DeclarativeLayer`, or any ``nn.Module``.
+        *xs: the inputs, batched over dim 0 (converted to float64 copies).
+        y, ctx: a solution to check (solved here when None; must be float64 then).
+        eps: finite-difference step (scaled by max(1, |x_j|)).
+        rtol, atol: pass when max |Dy − Dy_fd| ≤ atol or ≤ rtol · max |Dy_fd| (over the batch).
+        residual_tol: largest optimality residual accepted.
+        seed: for the random v of the vjp check.
+        linear_solver: the solver whose vjp is checked (default: the node's).
+    Returns:
+        ``ddn.check.GradientReport``; scalars are worst cases over the batch, ``details`` holds
+        per-element values. DDNWarnings are recorded in ``messages``; DDNErrors give ``ok=False``.
+    """
+    from .nodes import DeclarativeLayer
+
+    Report = _report_cls()
+    nan = float("nan")
+    target = node_or_layer.node if isinstance(node_or_layer, DeclarativeLayer) else node_or_layer
+    if isinstance(node_or_layer, DeclarativeLayer) and linear_solver is None:
+        linear_solver = node_or_layer.linear_solver
+    xs = tuple(torch.as_tensor(x).detach().to(torch.float64) if torch.as_tensor(x).is_floating_point()
+               else torch.as_tensor(x) for x in xs)
+    details = {"node": type(target).__name__, "rtol": rtol, "atol": atol, "eps": eps}
+    messages = []
+    is_node = getattr(target, "floor", None) == "torch" and hasattr(target, "_backward")
+    if not is_node and not isinstance(target, torch.nn.Module):
+        raise DDNError(f"check_gradient_torch needs a ddn.torch node, a DeclarativeLayer or an "
+                       f"nn.Module, got {type(target).__name__}")
+    g = torch.Generator().manual_seed(seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DDNWarning)
+        try:
+            if is_node:
+                node = copy.copy(target)
+                if node.solver_tol is None:
+                    node.solver_tol = 1e-13  # finite differences need an accurate solve
+                if y is None:
+                    y, ctx = node._solve_checked(xs)
+                diag = node.diagnose(*xs, y=y, ctx=ctx)
+                J = node.jacobian(*xs, y=y, ctx=ctx)
+                J = torch.cat(J, -1) if isinstance(J, tuple) else J
+                b = y.shape[0]
+                v = torch.randn(y.shape, generator=g, dtype=y.dtype)
+                vj = node.vjp(*xs, v=v, y=y, ctx=ctx, linear_solver=linear_solver)
+                vj = torch.cat([t.reshape(b, -1) for t in vj if t is not None], -1)
+                vjp_err = float((vj - torch.einsum("bm,bmn->bn", v.reshape(b, -1), J)).abs().max())
+
+                def fun(*a):
+                    return node._solve_checked(a)[0]
+                weak = diag["weakly_active"]
+            else:
+                module = copy.deepcopy(target).double()
+                a = tuple(x.clone().requires_grad_(x.is_floating_point()) for x in xs)
+                out = module(*a)
+                b = out.shape[0]
+                of = out.reshape(b, -1)
+                rows = []
+                for k in range(of.shape[1]):
+                    gr = torch.autograd.grad(of[:, k].sum(), [t for t in a if t.requires_grad],
+                                             retain_graph=True, allow_unused=True)
+                    rows.append(torch.cat([torch.zeros_like(t).reshape(b, -1) if q is None else
+                                           q.reshape(b, -1) for t, q in zip(a, gr)], -1))
+                J = torch.stack(rows, 1)
+                vjp_err = 0.0
+                diag = None
+                weak = []
+
+                def fun(*a):
+                    with torch.no_grad():
+                        return module(*a)
+            sides = ["central"] + (["forward", "backward"] if weak else [])
+            fds = {s: _fd_jacobian(fun, xs, eps, s) for s in sides}
+        except DDNError as e:
+            return Report(False, nan, nan, nan, messages=[f"DDNError: {e}"], details=details)
+    messages += [str(w.message) for w in caught if str(w.message) not in messages]
+    errs = {}
+    for s, Jfd in fds.items():
+        abs_e = (J - Jfd).abs().flatten(1).amax(1)
+        scale = Jfd.abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float64).tiny)
+        errs[s] = (abs_e, abs_e / scale)
+    if weak:
+        side = min(errs, key=lambda s: float(errs[s][1].max()))
+        messages.append(f"one-sided gradient (weakly active {weak}): compared with {side} differences")
+    else:
+        side = "central"
+    abs_e, rel_e = errs[side]
+    max_abs, max_rel = float(abs_e.max()), float(rel_e.max())
+    per_ok = (abs_e <= atol) | (rel_e <= rtol)
+    grad_ok = bool(per_ok.all())
+    vjp_ok = vjp_err <= max(atol, rtol * max(1.0, float(J.abs().max())))
+    if not grad_ok:
+        messages.append(f"implicit Dy differs from finite differences at batch element(s) "
+                        f"{(~per_ok).nonzero().flatten().tolist()} (max rel err {max_rel:.2e} > "
+                        f"rtol {rtol:.0e})")
+    if not vjp_ok:
+        messages.append(f"vjp ({linear_solver or getattr(target, 'linear_solver', '')}) differs "
+                        f"from vᵀ jacobian by {vjp_err:.2e}")
+    details.update(jacobian=J, fd_jacobian=fds[side], fd_side=side, vjp_error=vjp_err,
+                   abs_error=abs_e, rel_error=rel_e)
+    if diag is None:
+        return Report(ok=grad_ok, max_abs_error=max_abs, max_rel_error=max_rel, residual=nan,
+                      messages=messages, details=details)
+    res = diag["residual"]
+    res_ok = bool((res <= residual_tol).all())
+    if not res_ok:
+        messages.append(f"optimality residual {float(res.max()):.2e} > {residual_tol:.0e} at batch "
+                        f"element(s) {(res > residual_tol).nonzero().flatten().tolist()}: y is not an "
+                        "accurate solution")
+    wrong_sign = any("wrong sign" in m for m in messages)
+    details.update(residual=res, cond_H=diag["cond_H"], active_rank=diag["active_rank"],
+                   n_active=diag["n_active"], multipliers=diag["multipliers"])
+    return Report(
+        ok=bool(grad_ok and vjp_ok and res_ok and not wrong_sign), max_abs_error=max_abs,
+        max_rel_error=max_rel, residual=float(res.max()), cond_H=float(diag["cond_H"].max()),
+        active_rank=min(diag["active_rank"]) if diag["active_rank"] else 0,
+        n_active=max(diag["n_active"]) if diag["n_active"] else 0,
+        weakly_active=list(weak), messages=messages, details=details)
