@@ -84,7 +84,8 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
         seed: for the random v of the vjp check.
         linear_solver: the solver whose vjp is checked (default: the node's).
     Returns:
-        ``ddn.check.GradientReport``; scalars are worst cases over the batch, ``details`` holds
+        ``ddn.check.GradientReport``; scalars are worst cases over the batch (``n_active`` and
+        ``active_rank`` of the element with the largest rank deficit), ``details`` holds
         per-element values. DDNWarnings are recorded in ``messages``; DDNErrors give ``ok=False``.
     """
     from .nodes import DeclarativeLayer
@@ -183,11 +184,15 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
                         f"element(s) {(res > residual_tol).nonzero().flatten().tolist()}: y is not an "
                         "accurate solution")
     wrong_sign = any("wrong sign" in m for m in messages)
+    n_act, rank = 0, 0
+    if diag["n_active"]:  # the element with the largest rank deficit (then the most active rows)
+        e = max(range(len(diag["n_active"])),
+                key=lambda k: (diag["n_active"][k] - diag["active_rank"][k], diag["n_active"][k]))
+        n_act, rank = diag["n_active"][e], diag["active_rank"][e]
     details.update(residual=res, cond_H=diag["cond_H"], active_rank=diag["active_rank"],
                    n_active=diag["n_active"], multipliers=diag["multipliers"])
     return Report(
         ok=bool(grad_ok and vjp_ok and res_ok and not wrong_sign), max_abs_error=max_abs,
         max_rel_error=max_rel, residual=float(res.max()), cond_H=float(diag["cond_H"].max()),
-        active_rank=min(diag["active_rank"]) if diag["active_rank"] else 0,
-        n_active=max(diag["n_active"]) if diag["n_active"] else 0,
+        active_rank=rank, n_active=n_act,
         weakly_active=list(weak), messages=messages, details=details)
