@@ -70,13 +70,15 @@ def _norm(x, p):
     return float(np.linalg.norm(x, ord=p))
 
 
-def _l1_threshold(a, r):
-    """τ ≥ 0 with Σ max(a_i − τ, 0) = r for a ≥ 0, Σ a > r (Duchi et al. 2008, sort-based)."""
-    u = np.sort(a)[::-1]
+def _shrink(a, r):
+    """``max(a − τ, 0)`` with ``Σ max(a_i − τ, 0) = r`` (Duchi et al. 2008, sort-based). Computed on
+    ``b = a − max a`` (τ is translation-equivariant), so it stays accurate when ``a ≫ r``."""
+    b = a - a.max()
+    u = np.sort(b)[::-1]
     c = np.cumsum(u) - r
     k = np.arange(1, a.size + 1)
     rho = np.nonzero(u - c / k > 0)[0][-1]
-    return c[rho] / (rho + 1.0)
+    return np.maximum(b - c[rho] / (rho + 1.0), 0.0)
 
 
 def project_sphere(x, p=2, radius=1.0):
@@ -109,19 +111,14 @@ def project_ball(x, p=2, radius=1.0):
     if p == 2:
         return r * x / _norm(x, 2)
     if p == 1:
-        tau = _l1_threshold(np.abs(x), r)
-        return np.sign(x) * np.maximum(np.abs(x) - tau, 0.0)
+        return np.sign(x) * _shrink(np.abs(x), r)
     return np.clip(x, -r, r)
 
 
 def project_simplex(x, radius=1.0):
     """Nearest point to ``x`` in ``{u ≥ 0, Σ u = radius}``: ``y = max(x − τ, 0)``; (n,) -> (n,)."""
     x = _check(x, 2, radius)
-    u = np.sort(x)[::-1]
-    c = np.cumsum(u) - radius
-    k = np.arange(1, x.size + 1)
-    rho = np.nonzero(u - c / k > 0)[0][-1]
-    return np.maximum(x - c[rho] / (rho + 1.0), 0.0)
+    return _shrink(x, float(radius))
 
 
 def _proj_jacobians(x, y, p, r, masked, ball):

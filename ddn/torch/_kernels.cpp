@@ -5,7 +5,8 @@
 // L1/L2, so the input is read from memory once per forward and once per backward. The algorithms
 // are exactly those of the eager torch code (the oracle) — see the docstrings there.
 //
-// Status codes per row: 0 ok, 1 not converged / degenerate, 2 NaN or Inf, 3 |x|/alpha too large.
+// Status codes per row: 0 ok, 1 not converged / degenerate, 2 NaN or Inf, 3 |x|/alpha too large,
+// 4 projection lost its accuracy to cancellation (|x| ≫ r for the dtype).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -458,17 +459,46 @@ static int proj_row(const T* x, T* y, int64_t n, T r, int p, int kind, T& aux) {
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < n; ++i) acc += x[i];
     if (!finite_bits(acc)) return 2;
-    T tau = threshold(x, n, r, acc);
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) y[i] = x[i] > tau ? x[i] - tau : T(0);
+    // shift by max x (τ is translation-equivariant): b_i − τ_b keeps r even when |x| ≫ r
+    T mx = x[0];
+#pragma omp simd reduction(max : mx)
+    for (int64_t i = 0; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+    T tb = 0;
+#pragma omp simd reduction(+ : tb)
+    for (int64_t i = 0; i < n; ++i) {
+      y[i] = x[i] - mx;
+      tb += y[i];
+    }
+    T tau = threshold(y, n, r, tb), sy = 0;
+#pragma omp simd reduction(+ : sy)
+    for (int64_t i = 0; i < n; ++i) {
+      y[i] = y[i] > tau ? y[i] - tau : T(0);
+      sy += y[i];
+    }
     aux = 1;
-    return 0;
+    return std::abs(sy - r) > T(0.01) * r ? 4 : 0;  // cancellation: x ≫ r for this dtype
   }
   if (p == 2) {
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < n; ++i) acc += x[i] * x[i];
-    if (!finite_bits(acc)) return 2;
     T nrm = std::sqrt(acc);
+    if (!finite_bits(acc) || acc < std::numeric_limits<T>::min() / Eps<T>::v) {
+      // overflow, NaN/Inf, or (partial) underflow of Σx²: rescale by max |x|
+      T m = 0;
+#pragma omp simd reduction(max : m)
+      for (int64_t i = 0; i < n; ++i) m = std::abs(x[i]) > m ? std::abs(x[i]) : m;
+      if (m > 0) {
+        const T im = T(1) / m;
+        T s2 = 0;
+#pragma omp simd reduction(+ : s2)
+        for (int64_t i = 0; i < n; ++i) s2 += (x[i] * im) * (x[i] * im);
+        if (!finite_bits(s2) || !finite_bits(m)) return 2;
+        nrm = m * std::sqrt(s2);
+      } else {
+        if (acc != acc) return 2;
+        nrm = 0;
+      }
+    }
     aux = nrm;
     if (kind == 0 && nrm == 0) {
       T c = r / std::sqrt(T(n));
@@ -486,15 +516,24 @@ static int proj_row(const T* x, T* y, int64_t n, T r, int p, int kind, T& aux) {
     for (int64_t i = 0; i < n; ++i) { acc += std::abs(x[i]); s += x[i]; }
     if (!finite_bits(s) || !finite_bits(acc)) return 2;
     if (acc > r) {
-      // τ on |x|: copy |x| into y, then shrink
-      for (int64_t i = 0; i < n; ++i) y[i] = std::abs(x[i]);
-      T tau = threshold(y, n, r, acc);
-#pragma omp simd
+      // τ on b = |x| − max|x| (translation-equivariant; keeps r even when |x| ≫ r)
+      T am = 0, tb = 0;
+#pragma omp simd reduction(max : am)
+      for (int64_t i = 0; i < n; ++i) am = std::abs(x[i]) > am ? std::abs(x[i]) : am;
+#pragma omp simd reduction(+ : tb)
+      for (int64_t i = 0; i < n; ++i) {
+        y[i] = std::abs(x[i]) - am;
+        tb += y[i];
+      }
+      T tau = threshold(y, n, r, tb), sy = 0;
+#pragma omp simd reduction(+ : sy)
       for (int64_t i = 0; i < n; ++i) {
         T m = y[i] - tau;
         m = m > 0 ? m : T(0);
+        sy += m;
         y[i] = x[i] > 0 ? m : (x[i] < 0 ? -m : T(0));
       }
+      if (std::abs(sy - r) > T(0.01) * r) { aux = 1; return 4; }  // cancellation: x ≫ r
       aux = 1;
     } else if (kind == 0) {
       T tau = (r - acc) / T(n);
@@ -536,7 +575,7 @@ static void proj_back_row(const T* v, const T* y, T* gx, int64_t n, T r, T aux, 
     T sv = 0, c = 0;
 #pragma omp simd reduction(+ : sv, c)
     for (int64_t i = 0; i < n; ++i) { bool s = y[i] > 0; sv += s ? v[i] : T(0); c += s ? T(1) : T(0); }
-    T m = sv / c;
+    T m = c > 0 ? sv / c : T(0);
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) gx[i] = y[i] > 0 ? v[i] - m : T(0);
     gr = m;

@@ -169,7 +169,8 @@ def _pcode(p):
 
 
 def proj_forward(x, r, p, kind):
-    """x (B, n), r (B,) -> (y (B, n), aux (B,)) as ``projections._forward_eager``."""
+    """x (B, n), r (B,) -> (y (B, n), aux (B,), number of rows that lost accuracy) as
+    ``projections._forward_eager``."""
     B, n = x.shape
     r = r.detach().contiguous()
     y = torch.empty_like(x)
@@ -178,7 +179,7 @@ def proj_forward(x, r, p, kind):
     _run(getattr(lib(), f"proj_forward_{_sfx(x)}"),
          (_ptr(x), _ptr(r), _ptr(y), _ptr(aux), _ptr(st), n, _pcode(p), _KIND[kind]), B, n)
     _raise_status(st, "the projection")
-    return y, aux
+    return y, aux, int((st == 4).sum())
 
 
 def proj_backward(v, y, r, aux, p, kind, masked):

@@ -25,7 +25,10 @@ Inside the ball the sphere pushes outward (p = 2 scales; p = 1 adds ``τ sign(x_
 ``τ = (r − ‖x‖₁)/n``; p = ∞ moves the first largest-magnitude coordinate to the face;
 ``sign(0) = +1``). ``x = 0`` on the L2 sphere returns ``r·1/√n`` with a zero x-gradient and a
 ``DDNWarning``. NaN/Inf in ``x``, a non-positive radius, an empty dim or an unknown p raise
-``DDNError``.
+``DDNError``. Huge or tiny ``x`` are fine for p = 2 (the norm is rescaled when ``Σx²`` would
+overflow or underflow). For p = 1 and the simplex the threshold is found on values shifted by
+their maximum, so ``|x| ≫ r`` keeps its accuracy; as a safety net, rows whose result misses the
+radius by more than 1% raise a ``DDNWarning`` (rescale ``x`` or use float64).
 """
 import warnings
 
@@ -60,10 +63,18 @@ def _forward_eager(x, r, p, kind):
     n = x.shape[-1]
     rc = r[:, None]
     if kind == "simplex":
-        tau = _l1_threshold_sort(x, r)  # sort-based threshold works for signed x too
-        return torch.clamp_min(x - tau[:, None], 0), torch.ones_like(r)
+        # τ on b = x − max x (translation-equivariant; keeps r even when |x| ≫ r)
+        b = x - x.amax(-1, keepdim=True)
+        tau = _l1_threshold_sort(b, r)  # the sort-based threshold works for signed values too
+        return torch.clamp_min(b - tau[:, None], 0), torch.ones_like(r)
     if p == 2:
         nrm = torch.linalg.vector_norm(x, dim=-1)
+        fi = torch.finfo(x.dtype)
+        bad = ~torch.isfinite(nrm) | (nrm < (fi.tiny / fi.eps) ** 0.5)
+        if bool(bad.any()):  # overflow or underflow of Σx²: rescale by max |x|
+            m = x.abs().amax(-1, keepdim=True)
+            scaled = m.squeeze(-1) * torch.linalg.vector_norm(x / torch.where(m > 0, m, 1), dim=-1)
+            nrm = torch.where(bad, scaled, nrm)
         if kind == "ball":
             scale = torch.where(nrm > r, r / nrm, 1)
             return x * scale[:, None], nrm
@@ -76,8 +87,9 @@ def _forward_eager(x, r, p, kind):
         a = x.abs()
         l1 = a.sum(-1)
         out = l1 > r
-        tau = _l1_threshold_sort(a, torch.minimum(r, l1))
-        y = torch.where(out[:, None], torch.sign(x) * torch.clamp_min(a - tau[:, None], 0), x)
+        b = a - a.amax(-1, keepdim=True)  # shifted as for the simplex
+        tau = _l1_threshold_sort(b, torch.minimum(r, l1))
+        y = torch.where(out[:, None], torch.sign(x) * torch.clamp_min(b - tau[:, None], 0), x)
         if kind == "sphere":
             y = torch.where(out[:, None], y, x + ((r - l1) / n)[:, None] * _sgn(x))
             return y, torch.ones_like(r)
@@ -100,7 +112,7 @@ def _backward_eager(v, y, r, aux, p, kind, masked):
     rc = r[:, None]
     if kind == "simplex":
         S = (y > 0).to(y.dtype)
-        m = (S * v).sum(-1, keepdim=True) / S.sum(-1, keepdim=True)
+        m = (S * v).sum(-1, keepdim=True) / S.sum(-1, keepdim=True).clamp_min(1)
         return S * (v - m), m.squeeze(-1)
     if p == 2:
         nrm = aux[:, None]
@@ -127,13 +139,31 @@ def _backward_eager(v, y, r, aux, p, kind, masked):
     return torch.where(act, gx, v), torch.where(act, sv, 0).squeeze(-1)
 
 
+def _count_lost(y, r, aux, p, kind):
+    """Rows whose thresholded result misses the radius by more than 1% (as the kernel checks)."""
+    if kind == "simplex":
+        s = y.sum(-1)
+    elif p == 1:
+        s = torch.where(aux > 0, y.abs().sum(-1), r)
+    else:
+        return 0
+    return int(((s - r).abs() > 0.01 * r).sum())
+
+
 class _ProjectFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, r, p, kind, masked, use_kernel):
         if use_kernel:
-            y, aux = _kernels.proj_forward(x, r.contiguous(), p, kind)
+            y, aux, nlost = _kernels.proj_forward(x, r.contiguous(), p, kind)
         else:
             y, aux = _forward_eager(x, r, p, kind)
+            nlost = _count_lost(y, r, aux, p, kind)
+        if nlost:
+            what = "simplex" if kind == "simplex" else f"p={p} {kind}"
+            warnings.warn(f"projection ({what}): {nlost} row(s) lost their accuracy to "
+                          "cancellation (|x| is so much larger than the radius that the "
+                          f"{x.dtype} threshold swamps it); rescale x first (e.g. divide by its "
+                          "norm) or use float64", DDNWarning, stacklevel=3)
         if p == 2 and kind == "sphere" and bool((aux == 0).any()):
             warnings.warn("project_sphere(p=2) of x = 0: every point of the sphere is nearest; "
                           "returning r·1/√n with a zero gradient w.r.t. x", DDNWarning, stacklevel=3)

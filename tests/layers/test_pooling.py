@@ -194,7 +194,7 @@ def test_torch_vs_generic_declarative_node(backend):
             return T.robust_pool(x.detach(), self.pen, a.detach(), keepdim=True), {}
 
     rng = np.random.default_rng(7)
-    for pen in ("quadratic", "pseudo-huber", "welsch"):
+    for pen in PENALTIES:
         x = _rows(rng, 4, 6, pen).requires_grad_()
         a = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=F64, requires_grad=True)
         v = torch.randn(4, dtype=F64)

@@ -225,9 +225,12 @@ def test_torch_vs_generic_declarative_node(backend):
     x = batch(rng, B=5).requires_grad_()
     r = torch.full((5,), 1.3, dtype=F64, requires_grad=True)
     v = torch.randn(5, 6, dtype=F64)
-    for p, masked in ((2, True), (1, False)):  # generic Prop. 4.5 = unmasked form
-        g1 = torch.autograd.grad((T.project_sphere(x, p, r, masked=masked) * v).sum(), (x, r))
-        g2 = torch.autograd.grad((T.DeclarativeLayer(Sphere(p))(x, r) * v).sum(), (x, r))
+    # generic Prop. 4.5 = the unmasked form; for p = 1 its smooth KKT residual needs every y_i ≠ 0,
+    # so x is taken inside the L1 ball there (the sphere pushes every coordinate outward)
+    for p, masked, s in ((2, True, 1.0), (1, False, 0.1)):
+        xs = (x * s).detach().requires_grad_()
+        g1 = torch.autograd.grad((T.project_sphere(xs, p, r, masked=masked) * v).sum(), (xs, r))
+        g2 = torch.autograd.grad((T.DeclarativeLayer(Sphere(p))(xs, r) * v).sum(), (xs, r))
         for a, b in zip(g1, g2):
             torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-7)
 
@@ -271,6 +274,20 @@ def test_torch_special_and_bad_input(backend):
         T.project_ball(torch.ones(2, 2), 2, radius=-1.0)
     with pytest.raises(DDNError, match="empty"):
         T.project_ball(torch.ones(2, 0), 2)
+    # |x| ≫ r keeps its accuracy for p = 1 and the simplex (threshold on shifted values), and
+    # Σx² overflowing / underflowing float32 is rescaled for p = 2
+    big = torch.tensor([[3e25, 4e25]])
+    for p, want in ((1, [0.0, 1.0]), (2, [0.6, 0.8]), (INF, [1.0, 1.0])):
+        torch.testing.assert_close(T.project_sphere(big, p, 1.0), torch.tensor([want]))
+    tiny = torch.tensor([[3e-25, 4e-25]])  # Σx² underflows float32
+    torch.testing.assert_close(T.project_sphere(tiny, 2, 1.0), torch.tensor([[0.6, 0.8]]))
+    torch.testing.assert_close(T.project_simplex(big, 1.0), torch.tensor([[0.0, 1.0]]))
+    np.testing.assert_allclose(R.project_ball(np.array([3e300, 4e300]), 1, 1.0), [0.0, 1.0])
+    # the safety net: a result that misses the radius is counted (and warned about)
+    from ddn.torch.projections import _count_lost
+    yl, rl = torch.zeros(1, 2), torch.ones(1)
+    assert _count_lost(yl, rl, torch.ones(1), 1, "ball") == 1
+    assert _count_lost(yl, rl, torch.ones(1), 2, "simplex") == 1
     # size-1 dim: the sphere is {±r}
     torch.testing.assert_close(T.project_sphere(torch.tensor([[-0.2], [3.0]]), 1, 1.0),
                                torch.tensor([[-1.0], [1.0]]))
