@@ -50,9 +50,11 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
     if cond_max is None:
         cond_max = default_cond_max(dtype)
     eye = torch.eye(N, dtype=dtype, device=dev).expand(b, N, N)
-    finite = torch.isfinite(K).flatten(1).all(1) & torch.isfinite(r).all(1)
-    Kc = torch.where(finite[:, None, None], K, eye)
-    rc = torch.where(finite[:, None], r, torch.zeros_like(r))
+    # one reduction per element: NaN/Inf anywhere in K or r makes the sum non-finite
+    finite = torch.isfinite(K.detach().sum((-1, -2)) + r.detach().sum(-1))
+    all_finite = bool(finite.all())
+    Kc = K if all_finite else torch.where(finite[:, None, None], K, eye)
+    rc = r if all_finite else torch.where(finite[:, None], r, torch.zeros_like(r))
 
     with torch.no_grad():
         L0, info0 = torch.linalg.cholesky_ex(Kc.detach())
@@ -97,7 +99,7 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
         w = w.index_put((idx,), wb)
         cond = cond.index_put((idx,), cond_b)
     residual = _rel_residual(Kc, w, rc).detach()
-    is_singular = (cond > cond_max) | ~torch.isfinite(w).all(1) | ~(residual <= 1e3 * N * eps_of(dtype))
+    is_singular = (cond > cond_max) | ~torch.isfinite(w.detach().sum(-1)) | ~(residual <= 1e3 * N * eps_of(dtype))
     is_singular = is_singular | ~finite
     used_pinv = torch.zeros_like(pd)
     if singular == "pinv" and (is_singular & finite).any():
@@ -106,7 +108,8 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
         wp = (P @ rc[idx].unsqueeze(-1)).squeeze(-1)
         w = w.index_put((idx,), wp)
         used_pinv = used_pinv.index_put((idx,), torch.ones_like(idx, dtype=torch.bool))
-    w = torch.where(finite[:, None], w, torch.full_like(w, float("nan")))
+    if not all_finite:
+        w = torch.where(finite[:, None], w, torch.full_like(w, float("nan")))
     return w, {"pd": pd, "cond": cond, "singular": is_singular, "linear_residual": residual,
                "pinv": used_pinv, "converged": finite & (~is_singular | used_pinv)}
 
