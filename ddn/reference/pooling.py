@@ -84,14 +84,15 @@ def _objective(x, y, name, alpha):
     return float(np.sum(penalty(y - x, name, alpha)))
 
 
-def _welsch_local(x, y, alpha, max_iter=200):
+def _welsch_local(x, y, alpha, max_iter=500):
     """Descent from ``y``: Newton when it lowers f, else the MM (IRLS) step; returns (y, converged)."""
     def ev(y):
         w = np.exp(-0.5 * ((y - x) / alpha) ** 2)
         z = y - x
         return (len(x) - w.sum(), (z * w).sum() / alpha ** 2,
-                ((1 - (z / alpha) ** 2) * w).sum() / alpha ** 2, w.sum(), (w * x).sum())
-    f, g, H, s0, s1 = ev(y)
+                ((1 - (z / alpha) ** 2) * w).sum() / alpha ** 2, w.sum(), (w * x).sum(),
+                (np.abs(z) * w).sum() / alpha ** 2)
+    f, g, H, s0, s1, _ = ev(y)
     tol = 4 * np.finfo(float).eps
     for _ in range(max_iter):
         if s0 <= 0:  # every weight underflowed: flat objective, stay
@@ -104,8 +105,9 @@ def _welsch_local(x, y, alpha, max_iter=200):
             f_new, *rest = ev(y_new)
         step = abs(y_new - y)
         y, f = y_new, f_new
-        g, H, s0, s1 = rest
-        if step <= tol * (abs(y) + alpha):
+        g, H, s0, s1, gabs = rest
+        # a step at rounding level, or g at rounding level (ends a degenerate minimum H → 0)
+        if step <= tol * (abs(y) + alpha) or abs(g) <= tol * gabs:
             return y, True
     return y, False
 

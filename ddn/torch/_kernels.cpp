@@ -113,15 +113,16 @@ static int newton_bracket(const T* x, int64_t n, T a, T y, T lo, T hi, T& out, T
 }
 
 template <typename T>
-static inline void eval_welsch(const T* x, int64_t n, T y, T a, T& f, T& g, T& H, T& s0) {
+static inline void eval_welsch(const T* x, int64_t n, T y, T a, T& f, T& g, T& H, T& s0, T& gabs) {
   const T ia = T(1) / a;
-  T s = 0, gz = 0, hz = 0;
-#pragma omp simd reduction(+ : s, gz, hz)
+  T s = 0, gz = 0, hz = 0, ga = 0;
+#pragma omp simd reduction(+ : s, gz, hz, ga)
   for (int64_t i = 0; i < n; ++i) {
     T z = y - x[i], u = z * ia, u2 = u * u;
     T w = vexp(T(-0.5) * u2);
     s += w;
     gz += z * w;
+    ga += std::abs(z) * w;
     hz += (T(1) - u2) * w;
   }
   T a2 = a * a;
@@ -129,6 +130,7 @@ static inline void eval_welsch(const T* x, int64_t n, T y, T a, T& f, T& g, T& H
   g = gz / a2;
   H = hz / a2;
   s0 = s;
+  gabs = ga / a2;
 }
 
 // Newton when it lowers f, else the majorize-minimize (IRLS) step; every accepted point is
@@ -136,18 +138,23 @@ static inline void eval_welsch(const T* x, int64_t n, T y, T a, T& f, T& g, T& H
 template <typename T>
 static int welsch_local(const T* x, int64_t n, T a, T y, T& out, T& fout, T& Hout) {
   const T eps = Eps<T>::v, a2 = a * a, ftol = 8 * eps * T(n);
-  T f, g, H, s0;
-  eval_welsch(x, n, y, a, f, g, H, s0);
-  for (int it = 0; it < MAX_ITER; ++it) {
+  T f, g, H, s0, gabs;
+  eval_welsch(x, n, y, a, f, g, H, s0, gabs);
+  // 5× the usual limit: at a degenerate minimum (H → 0, e.g. two points 2α apart) Newton
+  // converges only linearly (ratio 2/3)
+  for (int it = 0; it < 5 * MAX_ITER; ++it) {
     T ymm = s0 > 0 ? y - g * a2 / s0 : y;
     T yn = H > 0 ? y - g / H : ymm;
-    T fn, gn, Hn, s0n;
-    eval_welsch(x, n, yn, a, fn, gn, Hn, s0n);
+    T fn, gn, Hn, s0n, gabsn;
+    eval_welsch(x, n, yn, a, fn, gn, Hn, s0n, gabsn);
     if (!(fn <= f + ftol)) {
       yn = ymm;
-      eval_welsch(x, n, yn, a, fn, gn, Hn, s0n);
+      eval_welsch(x, n, yn, a, fn, gn, Hn, s0n, gabsn);
     }
-    bool conv = std::abs(yn - y) <= 4 * eps * (std::abs(y) + a) || s0 == 0;
+    // converged: a step at rounding level, or g at rounding level (Σ|φ'| sets the scale; this
+    // is what ends a degenerate minimum, where steps shrink only linearly)
+    bool conv = std::abs(yn - y) <= 4 * eps * (std::abs(y) + a) || s0 == 0 ||
+                std::abs(gn) <= 4 * eps * gabsn;
     y = yn; f = fn; g = gn; H = Hn; s0 = s0n;
     if (conv) { out = y; fout = f; Hout = H; return 0; }
   }
@@ -281,18 +288,22 @@ static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H)
       return 0;
     }
     int st = newton_bracket<T, P>(x, n, a, mean, mn, mx, y, H);
-    if (P == HUBER && H == 0 && st == 0) {
-      T xj = -std::numeric_limits<T>::infinity(), xk = std::numeric_limits<T>::infinity();
+    if (P == HUBER) {
+      // H = #inliers at the final y (φ'' is piecewise constant: count it where y ended up, as
+      // the last Newton step may have crossed a kink); no inlier → the interval's midpoint
+      T cnt = 0, xj = -std::numeric_limits<T>::infinity(), xk = std::numeric_limits<T>::infinity();
       const T yy = y;
-#pragma omp simd reduction(max : xj) reduction(min : xk)
+#pragma omp simd reduction(+ : cnt) reduction(max : xj) reduction(min : xk)
       for (int64_t i = 0; i < n; ++i) {
         T z = yy - x[i];
+        cnt += std::abs(z) <= a ? T(1) : T(0);
         T cj = z > a ? x[i] : -std::numeric_limits<T>::infinity();
         T ck = z < -a ? x[i] : std::numeric_limits<T>::infinity();
         xj = cj > xj ? cj : xj;
         xk = ck < xk ? ck : xk;
       }
-      y = T(0.5) * (xj + xk);  // midpoint of the interval of minimizers
+      H = cnt;
+      if (cnt == 0) y = T(0.5) * (xj + xk);  // midpoint of the interval of minimizers
     }
     return st;
   } else {

@@ -145,21 +145,25 @@ def _welsch_local(x, y, a, eps):
         u2 = (z / a) ** 2
         w = torch.exp(-0.5 * u2)
         s0 = w.sum(-1)
-        return n - s0, (z * w).sum(-1) / a2, ((1 - u2) * w).sum(-1) / a2, s0
+        return (n - s0, (z * w).sum(-1) / a2, ((1 - u2) * w).sum(-1) / a2, s0,
+                (z.abs() * w).sum(-1) / a2)
 
-    f, g, H, s0 = ev(y)
+    f, g, H, s0, _ = ev(y)
     done = torch.zeros_like(y, dtype=torch.bool)
     ftol = 8 * eps * n
-    for _ in range(_MAX_ITER):
+    for _ in range(5 * _MAX_ITER):  # a degenerate minimum (H → 0) converges only linearly
         ymm = torch.where(s0 > 0, y - g * a2 / s0.clamp_min(torch.finfo(y.dtype).tiny), y)
         yn = torch.where(H > 0, y - g / H, ymm)
-        fn, gn, Hn, s0n = ev(yn)
+        fn, gn, Hn, s0n, gan = ev(yn)
         rej = ~(fn <= f + ftol)
         if bool(rej.any()):
-            fm, gm, Hm, s0m = ev(ymm)
-            yn, fn, gn, Hn, s0n = (torch.where(rej, p, q) for p, q in
-                                   ((ymm, yn), (fm, fn), (gm, gn), (Hm, Hn), (s0m, s0n)))
-        conv = ((yn - y).abs() <= 4 * eps * (y.abs() + a1)) | (s0 == 0)
+            fm, gm, Hm, s0m, gam = ev(ymm)
+            yn, fn, gn, Hn, s0n, gan = (torch.where(rej, p, q) for p, q in
+                                        ((ymm, yn), (fm, fn), (gm, gn), (Hm, Hn), (s0m, s0n),
+                                         (gam, gan)))
+        # a step at rounding level, or g at rounding level (ends a degenerate minimum)
+        conv = ((yn - y).abs() <= 4 * eps * (y.abs() + a1)) | (s0 == 0) | \
+            (gn.abs() <= 4 * eps * gan)
         keep = done
         y, f, g, H, s0 = (torch.where(keep, p, q) for p, q in
                           ((y, yn), (f, fn), (g, gn), (H, Hn), (s0, s0n)))
@@ -268,8 +272,8 @@ class _RobustPoolFn(torch.autograd.Function):
         nfail = int((~ok).sum())
         if nfail:
             warnings.warn(f"robust_pool({pen!r}): the solver did not converge on {nfail} row(s) "
-                          f"within its iteration limit; returning the last iterate", DDNWarning,
-                          stacklevel=3)
+                          f"within its iteration limit (e.g. a degenerate minimum, H = Σφ'' ≈ 0); "
+                          "returning the last iterate", DDNWarning, stacklevel=3)
         ctx.save_for_backward(x, y, alpha, H)
         ctx.pen, ctx.use_kernel = pen, use_kernel
         return y
