@@ -174,7 +174,7 @@ def save_checkpoint(path, model, optimizer, scheduler, epoch: int, extra: dict |
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict() if scheduler is not None else None,
              "rng": rng_state(), "epoch": epoch, "extra": extra or {}}
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")   # one per writer process
     torch.save(state, tmp)
     os.replace(tmp, path)
 

@@ -56,7 +56,7 @@ from .common import (append_results, choose_device, classification_metrics, conf
                      read_results, results_dir, save_checkpoint, seed_everything, timestamp)
 
 __all__ = [
-    "ImageConfig", "PRESETS", "preset", "VARIANTS", "expected_norm", "auto_scale",
+    "ImageConfig", "PRESETS", "preset", "VARIANTS", "variant_name", "parse_variant", "expected_norm", "auto_scale",
     "FeatureProjection", "BasicBlock", "ResNet18", "load_fashion_mnist", "ImageFolderDataset",
     "TensorImages", "random_resized_crop", "resize_shorter", "center_crop", "load_data",
     "train_model", "evaluate", "run_experiment", "render_table", "main",
@@ -362,7 +362,7 @@ class ImageConfig:
     num_workers: int = 0
     seed: int = 0
     scales: dict | None = None        # {p: s}; None → auto_scale
-    variants: list = field(default_factory=lambda: [f"{k}-{p}" if p else k for k, p in VARIANTS])
+    variants: list = field(default_factory=lambda: [variant_name(k, p) for k, p in VARIANTS])
 
     def training_key(self) -> dict:
         d = dataclasses.asdict(self)
@@ -399,6 +399,14 @@ def preset(name: str | None = None, **overrides) -> ImageConfig:
     return cfg
 
 
+def variant_name(kind, p) -> str:
+    """The canonical name: ``"none"``, ``"sphere-1"``, ``"sphere-2"``, ``"ball-inf"``, ..."""
+    if kind in (None, "none"):
+        return "none"
+    p = _parse_p(p)
+    return f"{kind}-{'inf' if math.isinf(p) else f'{p:g}'}"
+
+
 def parse_variant(v: str):
     """``"none"`` → (None, None); ``"sphere-2"`` → ("sphere", 2.0); ``"ball-inf"`` → ("ball", inf)."""
     if v in ("none", "baseline"):
@@ -406,7 +414,10 @@ def parse_variant(v: str):
     kind, _, p = v.partition("-")
     if kind not in ("sphere", "ball") or not p:
         raise DDNError(f"variant {v!r}: use none, sphere-P or ball-P with P in 1, 2, inf")
-    return kind, _parse_p(p)
+    p = _parse_p(p)
+    if p not in (1.0, 2.0, math.inf):
+        raise DDNError(f"variant {v!r}: p must be 1, 2 or inf")
+    return kind, p
 
 
 def load_data(cfg: ImageConfig):
@@ -461,6 +472,7 @@ def build_model(cfg: ImageConfig, variant: str, num_classes: int, in_channels: i
 
 
 def checkpoint_path(cfg, variant, checkpoint_dir) -> Path:
+    variant = variant_name(*parse_variant(variant))
     key = dict(cfg.training_key(), variant=variant, scale=_scale_for(cfg, parse_variant(variant)[1], 8 * cfg.width))
     return Path(checkpoint_dir) / f"images-{variant}-{config_hash(key)}.pt"
 
@@ -533,6 +545,7 @@ def run_experiment(cfg: ImageConfig | None = None, device=None, results_csv=None
     data = data or load_data(cfg)
     rows = []
     for v in cfg.variants:
+        v = variant_name(*parse_variant(v))
         t0 = time.time()
         model, _ = train_model(cfg, v, data, device, checkpoint_dir, show_progress)
         m = evaluate(model, data[1], device=device, num_workers=cfg.num_workers)

@@ -139,6 +139,11 @@ def test_projection_head(variant):
 def test_variant_names():
     assert im.parse_variant("none") == (None, None)
     assert im.parse_variant("ball-inf") == ("ball", math.inf)
+    assert im.variant_name(*im.parse_variant("sphere-1.0")) == "sphere-1"
+    assert im.preset("cpu").variants == ["none", "sphere-1", "sphere-2", "sphere-inf",
+                                         "ball-1", "ball-2", "ball-inf"]
+    with pytest.raises(DDNError):
+        im.parse_variant("ball-3")
     with pytest.raises(DDNError):
         im.parse_variant("cube-2")
 

@@ -111,10 +111,15 @@ def _smoke_cfg(**kw):
 
 
 def test_smoke_run_and_tables(tmp_path):
-    cfg = _smoke_cfg(poolings=["max"] + (["PH"] if HAS_ROBUST else []), rates=[0, 50])
+    cfg = _smoke_cfg(poolings=["max"] + (["PH"] if HAS_ROBUST else []), rates=[0, 50],
+                     iii_rates=[0, 20, 50])
     rows = pc.run_experiment(cfg, "cpu", tmp_path / "pc.csv", tmp_path / "ck", show_progress=False)
-    # per pooling: II at 0 and 50, III at 0 and 50
-    assert len(rows) == 4 * len(cfg.poolings)
+    # per pooling: II at 0 and 50, III at 0, 20 and 50; two trainings
+    assert len(rows) == 5 * len(cfg.poolings)
+    assert len(list((tmp_path / "ck").glob("*.pt"))) == 2 * len(cfg.poolings)
+    # a second call reuses the finished checkpoints and reproduces the numbers
+    again = pc.run_experiment(cfg, "cpu", tmp_path / "pc.csv", tmp_path / "ck", show_progress=False)
+    assert [(r["top1"], r["map"]) for r in again] == [(r["top1"], r["map"]) for r in rows]
     for r in rows:
         assert 0 <= r["top1"] <= 100 and 0 <= r["map"] <= 100
     table = pc.render_tables(tmp_path / "pc.csv", "smoke")
