@@ -64,7 +64,7 @@ def batched_hessian(g, z, *, create_graph=False):
 def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_iter=None,
                  singular=None, proximal_delta=1e-6, n_primal=None, spd=True,
                  on_degenerate="warn", residual_tol=None, create_graph=False, matrix_name=None,
-                 known_degenerate=None):
+                 known_degenerate=None, params=()):
     """Pull ``v`` back through the solution ``z*`` of ``∇_z ℒ(x, z) = 0``.
 
     ``vᵀ D z*(x) = −wᵀ D_x(∇_z ℒ)`` with ``K w = v``, ``K = ∇²_zz ℒ`` (symmetric): one linear solve and
@@ -93,6 +93,9 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
             the graph's tensors.
         matrix_name: how messages name ``K``.
         known_degenerate: (b,) bool, elements already reported by the caller (not named again).
+        params: tensors that ℒ uses through a closure (e.g. a module's ``nn.Parameter``s, shared by
+            the batch); their gradients (summed over the batch) are ``info["param_grads"]``.
+            Not with ``create_graph``.
 
     Returns:
         ``(grads, info)``: a tuple with one gradient (or None) per input, and a dict of per-element
@@ -208,14 +211,22 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
 
         # One VJP of F = ∇_z ℒ with cotangent −w gives every input's gradient: −wᵀ D_x F
         # (this is −wᵀ B (and + wᵀ C for constraints) without forming B = D²_XY f or C = D_X h).
-        targets = [xs[i] for i in want]
+        params = [q for q in params if q.requires_grad]
+        if params and create_graph:
+            raise DDNError("double backward through parameters captured by the objective is not "
+                           "supported: pass them to the layer as inputs, layer(x, theta)")
+        targets = [xs[i] for i in want] + params
         out = [None] * len(xs)
+        pg = [None] * len(params)
         if targets:
             gs = torch.autograd.grad(g, targets, grad_outputs=-w, allow_unused=True,
                                      create_graph=create_graph)
             for i, gi in zip(want, gs):
                 out[i] = torch.zeros_like(xs[i]) if gi is None else gi
+            for k, gk in enumerate(gs[len(want):]):
+                pg[k] = torch.zeros_like(params[k]) if gk is None else gk.detach()
         if not create_graph:
             out = [None if o is None else o.detach() for o in out]
+    info["param_grads"] = tuple(pg)
     info["w"] = w.detach()
     return tuple(out), info

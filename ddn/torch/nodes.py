@@ -21,7 +21,8 @@ Contract (batched over dim 0; ``xs`` are one or more tensors ``(b, ...)``, ``y``
 - ``linear_constraints() -> (A, b)``: ``A y = b``, ``A`` ``(p, m)`` or ``(batch, p, m)``.
 
 Parameters θ of the objective are inputs like any other: pass them to the layer,
-``layer(x, theta)``; an input that does not require grad gets None.
+``layer(x, theta)``; an input that does not require grad gets None. A node that is also an
+``nn.Module`` may instead hold θ as ``nn.Parameter``s: ``DeclarativeLayer`` back-propagates to them.
 """
 import torch
 from torch import nn
@@ -306,7 +307,7 @@ class DeclarativeNode:
         return lam, mask, {"A": A.detach(), "mask": mask, "p": p, "q": q, "weakly_active": weak,
                            "rank_deficient": rank_def}
 
-    def _backward(self, xs, y, ctx, v, create_graph=False, linear_solver=None):
+    def _backward(self, xs, y, ctx, v, create_graph=False, linear_solver=None, params=()):
         """The implicit gradient: tuple of per-input gradients and the diagnostics dict."""
         ctx = ctx or {}
         ls = linear_solver or self.linear_solver
@@ -320,7 +321,7 @@ class DeclarativeNode:
         vf = v.reshape(b, -1).to(y.dtype)
         opts = dict(linear_solver=ls, tol=self.tol, max_iter=self.max_iter, singular=self.singular,
                     proximal_delta=self.proximal_delta, on_degenerate=self.on_degenerate,
-                    residual_tol=self.residual_tol, create_graph=create_graph)
+                    residual_tol=self.residual_tol, create_graph=create_graph, params=params)
         if not self.constrained:
             def f(*a):
                 return self.objective(*a[:-1], a[-1].reshape(b, *shape))
@@ -456,13 +457,15 @@ class _ImplicitFunction(torch.autograd.Function):
     double-backward works (the multipliers are recomputed by least squares inside the graph)."""
 
     @staticmethod
-    def forward(fctx, node, linear_solver, *xs):
+    def forward(fctx, node, linear_solver, n_x, *xs_and_params):
+        xs, params = xs_and_params[:n_x], xs_and_params[n_x:]
         with torch.no_grad():
             y, sctx = node._solve_checked(xs)
         y = y.detach()
         if any(y is x for x in xs):
             y = y.clone()
         fctx.node, fctx.sctx, fctx.linear_solver = node, sctx, linear_solver
+        fctx.params = params  # the node's own nn.Parameters (leaves), used by its objective
         fctx.save_for_backward(*xs, y)
         return y
 
@@ -470,13 +473,13 @@ class _ImplicitFunction(torch.autograd.Function):
     def backward(fctx, gy):
         *xs, y = fctx.saved_tensors
         create_graph = torch.is_grad_enabled()
-        needs = fctx.needs_input_grad[2:]
+        needs = fctx.needs_input_grad[3:3 + len(xs)]
         if not create_graph:
             xs = [x.detach().requires_grad_(bool(n) and x.is_floating_point()) for x, n in zip(xs, needs)]
-        grads, _ = fctx.node._backward(tuple(xs), y, fctx.sctx, gy, create_graph=create_graph,
-                                       linear_solver=fctx.linear_solver)
+        grads, info = fctx.node._backward(tuple(xs), y, fctx.sctx, gy, create_graph=create_graph,
+                                          linear_solver=fctx.linear_solver, params=fctx.params)
         grads = [gr if n else None for gr, n in zip(grads, needs)]
-        return (None, None, *grads)
+        return (None, None, None, *grads, *info.get("param_grads", ()))
 
 
 class DeclarativeLayer(nn.Module):
@@ -486,7 +489,9 @@ class DeclarativeLayer(nn.Module):
     torch ops; the default Newton/SQP solvers support it).
 
     Args:
-        node: a ``ddn.torch`` node. If it is an ``nn.Module`` it is registered as a submodule.
+        node: a ``ddn.torch`` node. If it is also an ``nn.Module`` it is registered as a submodule
+            (so ``.to()`` moves its buffers) and its parameters get gradients from the same
+            implicit VJP (first-order backward only; for double-backward pass θ as an input).
         linear_solver: overrides ``node.linear_solver`` (``"dense"``, ``"cg"``, ``"minres"``,
             ``"unroll"``).
     """
@@ -505,7 +510,10 @@ class DeclarativeLayer(nn.Module):
         ls = self.linear_solver or self.node.linear_solver
         if ls == "unroll":
             return self.node._unrolled(*xs)
-        return _ImplicitFunction.apply(self.node, ls, *xs)
+        params = ()
+        if isinstance(self.node, nn.Module):  # θ held by the node: gradients by the same VJP
+            params = tuple(q for q in self.node.parameters() if q.requires_grad)
+        return _ImplicitFunction.apply(self.node, ls, len(xs), *xs, *params)
 
     def extra_repr(self):
         return f"node={type(self.node).__name__}, linear_solver={self.linear_solver or self.node.linear_solver!r}"
