@@ -60,6 +60,7 @@ def newton(fn, y0, *, tol, max_iter, differentiable=False, max_backtrack=40):
     """
     y = y0 if differentiable else y0.detach()
     b = y.shape[0]
+    rt = 100 * torch.finfo(y.dtype).eps  # f is flat to round-off within rt·(1 + |f|)
     gn = torch.full((b,), float("inf"), dtype=y.dtype, device=y.device)
     it = 0
     for it in range(max_iter + 1):
@@ -83,7 +84,7 @@ def newton(fn, y0, *, tol, max_iter, differentiable=False, max_backtrack=40):
                 fn_new = fn(yd + t.unsqueeze(-1) * d)
                 ok = (fn_new <= f0 + 1e-4 * t * slope) | conv
                 # round-off near the minimum: accept a step that does not increase f
-                ok = ok | ((fn_new - f0).abs() <= 1e-12 * (1 + f0.abs()))
+                ok = ok | ((fn_new - f0).abs() <= rt * (1 + f0.abs()))
                 if bool(ok.all()):
                     break
                 t = torch.where(ok, t, 0.5 * t)
