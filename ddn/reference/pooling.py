@@ -93,21 +93,32 @@ def _welsch_local(x, y, alpha, max_iter=500):
                 ((1 - (z / alpha) ** 2) * w).sum() / alpha ** 2, w.sum(), (w * x).sum(),
                 (np.abs(z) * w).sum() / alpha ** 2)
     f, g, H, s0, s1, _ = ev(y)
-    tol = 4 * np.finfo(float).eps
+    eps = np.finfo(float).eps
+    tol = 4 * eps
     for _ in range(max_iter):
         if s0 <= 0:  # every weight underflowed: flat objective, stay
             return y, True
-        y_mm = s1 / s0
+        y_mm = y - g * alpha ** 2 / s0  # = Σ w_i x_i / Σ w_i
         y_new = y - g / H if H > 0 else y_mm
         f_new, *rest = ev(y_new)
+        mm = not H > 0
         if not f_new <= f + 8 * np.finfo(float).eps * len(x):
             y_new = y_mm
             f_new, *rest = ev(y_new)
+            mm = True
+        if mm:  # the MM step descends but crawls on flat stretches: double it while f drops
+            t = 2.0
+            for _ in range(40):
+                f_t, *rest_t = ev(y + t * (y_mm - y))
+                if not rest_t[2] > rest[2]:  # compare Σw (f = n − Σw) to avoid n's rounding
+                    break
+                y_new, f_new, rest = y + t * (y_mm - y), f_t, rest_t
+                t *= 2
         step = abs(y_new - y)
         y, f = y_new, f_new
         g, H, s0, s1, gabs = rest
         # a step at rounding level, or g at rounding level (ends a degenerate minimum H → 0)
-        if step <= tol * (abs(y) + alpha) or abs(g) <= tol * gabs:
+        if step <= tol * (abs(y) + alpha) or abs(g) <= (16 + np.sqrt(x.size)) * eps * gabs:
             return y, True
     return y, False
 

@@ -147,14 +147,26 @@ static int welsch_local(const T* x, int64_t n, T a, T y, T& out, T& fout, T& Hou
     T yn = H > 0 ? y - g / H : ymm;
     T fn, gn, Hn, s0n, gabsn;
     eval_welsch(x, n, yn, a, fn, gn, Hn, s0n, gabsn);
+    bool mm = !(H > 0);
     if (!(fn <= f + ftol)) {
       yn = ymm;
       eval_welsch(x, n, yn, a, fn, gn, Hn, s0n, gabsn);
+      mm = true;
+    }
+    if (mm) {  // the MM step descends but crawls on flat stretches: double it while f drops
+      const T d = ymm - y;
+      T t = 2;
+      for (int e = 0; e < 40; ++e, t *= 2) {
+        T ft, gt, Ht, s0t, gabst;
+        eval_welsch(x, n, y + t * d, a, ft, gt, Ht, s0t, gabst);
+        if (!(s0t > s0n)) break;  // f = n − Σw: compare Σw, free of the constant's rounding
+        yn = y + t * d; fn = ft; gn = gt; Hn = Ht; s0n = s0t; gabsn = gabst;
+      }
     }
     // converged: a step at rounding level, or g at rounding level (Σ|φ'| sets the scale; this
     // is what ends a degenerate minimum, where steps shrink only linearly)
     bool conv = std::abs(yn - y) <= 4 * eps * (std::abs(y) + a) || s0 == 0 ||
-                std::abs(gn) <= 4 * eps * gabsn;
+                std::abs(gn) <= (16 + std::sqrt(T(n))) * eps * gabsn;
     y = yn; f = fn; g = gn; H = Hn; s0 = s0n;
     if (conv) { out = y; fout = f; Hout = H; return 0; }
   }

@@ -161,9 +161,22 @@ def _welsch_local(x, y, a, eps):
             yn, fn, gn, Hn, s0n, gan = (torch.where(rej, p, q) for p, q in
                                         ((ymm, yn), (fm, fn), (gm, gn), (Hm, Hn), (s0m, s0n),
                                          (gam, gan)))
+        # the MM step descends but crawls on flat stretches: double it while f drops
+        grow = (rej | ~(H > 0)) & ~done
+        d, t = ymm - y, 2.0
+        for _ in range(40):
+            if not bool(grow.any()):
+                break
+            yt = y + t * d
+            ft, gt, Ht, s0t, gat = ev(yt)
+            grow = grow & (s0t > s0n)  # f = n − Σw: compare Σw, free of the constant's rounding
+            yn, fn, gn, Hn, s0n, gan = (torch.where(grow, p, q) for p, q in
+                                        ((yt, yn), (ft, fn), (gt, gn), (Ht, Hn), (s0t, s0n),
+                                         (gat, gan)))
+            t *= 2
         # a step at rounding level, or g at rounding level (ends a degenerate minimum)
         conv = ((yn - y).abs() <= 4 * eps * (y.abs() + a1)) | (s0 == 0) | \
-            (gn.abs() <= 4 * eps * gan)
+            (gn.abs() <= (16 + n ** 0.5) * eps * gan)
         keep = done
         y, f, g, H, s0 = (torch.where(keep, p, q) for p, q in
                           ((y, yn), (f, fn), (g, gn), (H, Hn), (s0, s0n)))
