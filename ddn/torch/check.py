@@ -153,8 +153,12 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
     errs = {}
     for s, Jfd in fds.items():
         abs_e = (J - Jfd).abs().flatten(1).amax(1)
-        scale = Jfd.abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float64).tiny)
-        errs[s] = (abs_e, abs_e / scale)
+        scale = Jfd.abs().flatten(1).amax(1)
+        # an element whose Dy is 0 (e.g. a simplex vertex) is judged by atol alone
+        rel = torch.where(scale > atol, abs_e / scale.clamp_min(torch.finfo(torch.float64).tiny),
+                          torch.where(abs_e <= atol, torch.zeros_like(abs_e),
+                                      torch.full_like(abs_e, float("inf"))))
+        errs[s] = (abs_e, rel)
     if weak:
         side = min(errs, key=lambda s: float(errs[s][1].max()))
         messages.append(f"one-sided gradient (weakly active {weak}): compared with {side} differences")
