@@ -128,10 +128,16 @@ def main(argv=None):
     ap.add_argument("--naive-max", type=int, default=512, help="largest m for the naive method")
     ap.add_argument("--unroll-max", type=int, default=256, help="largest m for unroll (memory)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(HERE / "results.json"))
+    ap.add_argument("--out", default=None, help="default: bench/nodes/results.json (a temporary "
+                    "file for --quick, so that a smoke run never overwrites the measured table)")
     args, _ = ap.parse_known_args(argv)
     if args.quick or os.environ.get("DDN_SMOKE", "") not in ("", "0"):
         args.sizes = [8, 32]
+        args.quick = True
+    if args.out is None:
+        import tempfile
+        args.out = (str(Path(tempfile.gettempdir()) / "ddn-bench-nodes-quick.json") if args.quick
+                    else str(HERE / "results.json"))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dt = torch.float64
