@@ -101,6 +101,11 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
         ``(grads, info)``: a tuple with one gradient (or None) per input, and a dict of per-element
         diagnostics (``residual`` = ‖∇_z ℒ‖, ``converged``, ``singular``, ``cond``, ``K`` when dense).
 
+    Example (``y = x ⊙ w`` minimises ``½‖y‖² − (x ⊙ w)ᵀy``, so ``vᵀDy_x = v ⊙ w``)::
+
+        f = lambda x, w, y: 0.5 * (y * y).sum(-1) - (x * w * y).sum(-1)
+        (gx, gw), info = implicit_vjp(f, (x.requires_grad_(), w), x * w, v)   # gw is None
+
     Reference: Gould et al., Deep Declarative Networks, Prop. 4.4–4.6 and Sec. 6.1.
     """
     if linear_solver not in LINEAR_SOLVERS:
