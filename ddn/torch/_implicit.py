@@ -42,23 +42,27 @@ def default_tol(dtype, f64, f32):
     return f64 if dtype == torch.float64 else f32
 
 
-def batched_hessian(g, z, *, create_graph=False):
-    """``K[e] = D_z g[e]`` for a batch-separable gradient ``g = ∇_z ℒ`` of shape (b, N), built from N
-    Hessian–vector products evaluated at once (``is_grads_batched``: a vmap over the backward).
-    Returns (b, N, N)."""
+def batched_jacobian(g, z, *, create_graph=False):
+    """``J[e] = D_z g[e]`` for a batch-separable ``g`` (b, P) of ``z`` (b, N): P vector–Jacobian
+    products evaluated at once (``is_grads_batched``: a vmap over the backward). Returns (b, P, N).
+    With ``g = ∇_z ℒ`` this is the Hessian ``K = ∇²_zz ℒ`` from N Hessian–vector products."""
     b, N = z.shape
-    basis = torch.eye(N, dtype=z.dtype, device=z.device).unsqueeze(1).expand(N, b, N)
+    P = g.shape[1]
+    basis = torch.eye(P, dtype=z.dtype, device=z.device).unsqueeze(1).expand(P, b, P)
     try:
         (K,) = torch.autograd.grad(g, z, grad_outputs=basis, is_grads_batched=True,
                                    retain_graph=True, create_graph=create_graph, allow_unused=True)
     except RuntimeError:
         # An op without a batching rule: fall back to one product per coordinate.
         cols = [torch.autograd.grad(g, z, grad_outputs=basis[i], retain_graph=True,
-                                    create_graph=create_graph, allow_unused=True)[0] for i in range(N)]
+                                    create_graph=create_graph, allow_unused=True)[0] for i in range(P)]
         K = None if cols[0] is None else torch.stack(cols)
     if K is None:
-        return torch.zeros(b, N, N, dtype=z.dtype, device=z.device)
+        return torch.zeros(b, P, N, dtype=z.dtype, device=z.device)
     return K.transpose(0, 1)
+
+
+batched_hessian = batched_jacobian  # K = D_z(∇_z ℒ): (b, N, N)
 
 
 def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_iter=None,

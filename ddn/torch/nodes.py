@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ddn import DDNError
-from ._implicit import implicit_vjp, report, default_tol, batched_hessian, LINEAR_SOLVERS
+from ._implicit import implicit_vjp, report, default_tol, batched_jacobian, LINEAR_SOLVERS
 from . import _linalg, _solvers
 
 __all__ = ["DeclarativeNode", "EqConstrainedNode", "IneqConstrainedNode", "LinEqConstrainedNode",
@@ -60,8 +60,9 @@ class DeclarativeNode:
         output_shape: shape of one ``y`` (int or tuple); needed only by the default ``initial_guess``.
         linear_solver: ``"dense"`` (default: ``H`` from vmapped Hessian–vector products, batched
             Cholesky, LU fallback with residual check), ``"cg"`` (matrix-free conjugate gradients,
-            MINRES for KKT systems) or ``"unroll"`` (``DeclarativeLayer`` differentiates through
-            the solver's iterations instead; teaching and testing).
+            MINRES for KKT systems), ``"minres"`` (MINRES always) or ``"unroll"``
+            (``DeclarativeLayer`` differentiates through the solver's iterations instead; teaching
+            and testing).
         tol, max_iter: of the iterative linear solvers.
         singular: ``None`` (report singular ``H``), ``"pinv"`` or ``"proximal"`` (opt-in remedies).
         proximal_delta: δ of ``H + δI`` for ``singular="proximal"``.
@@ -253,11 +254,7 @@ class DeclarativeNode:
             q = 0 if g is None else g.shape[1]
             c = torch.cat([t for t in (h, g) if t is not None], 1)
             P = p + q
-            basis = torch.eye(P, dtype=yf.dtype, device=yf.device).unsqueeze(1).expand(P, b, P)
-            (A,) = torch.autograd.grad(c, y_, grad_outputs=basis, is_grads_batched=True,
-                                       create_graph=create_graph, allow_unused=True)
-            A = torch.zeros(P, b, m, dtype=yf.dtype, device=yf.device) if A is None else A
-            A = A.transpose(0, 1)  # A = D_Y [h; g], (b, P, m)
+            A = batched_jacobian(c, y_, create_graph=create_graph)  # A = D_Y [h; g], (b, P, m)
         ones = torch.ones(b, p, dtype=torch.bool, device=yf.device)
         if q:
             if ctx.get("active") is not None:

@@ -203,3 +203,12 @@ def test_bad_configuration_is_an_error():
         DeclarativeLayer(DefaultBall(2, linear_solver="unroll"))(x[:, :2])
     with pytest.raises(DDNError, match="batch size"):
         DeclarativeLayer(Quartic(2))(torch.randn(2, 2), torch.randn(3, 2))
+
+
+def test_on_degenerate_error_in_the_forward():
+    x = torch.randn(3, 2, dtype=D)
+    x[1, 0] = float("inf")
+    with pytest.raises(DDNError, match=r"non-finite input.*\[1\]"):
+        DeclarativeLayer(Quartic(2, on_degenerate="error"))(x)
+    with pytest.raises(DDNError, match="did not converge"):
+        DeclarativeLayer(Quartic(2, solver_max_iter=1, on_degenerate="error"))(x[[0, 2]] * 3)
