@@ -35,6 +35,7 @@ __all__ = ["DeclarativeNode", "EqConstrainedNode", "IneqConstrainedNode", "LinEq
            "DeclarativeLayer", "implicit_vjp"]
 
 _ALL_SOLVERS = LINEAR_SOLVERS + ("unroll",)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _as_2d(c, b):
@@ -483,7 +484,8 @@ class DeclarativeLayer(nn.Module):
     """``layer(*xs)`` returns the node's solution ``y`` (batched over dim 0) and back-propagates by
     implicit differentiation (:func:`implicit_vjp`), never through the solver's iterations — unless
     ``linear_solver="unroll"`` is chosen explicitly (then autograd differentiates the solver's own
-    torch ops; the default Newton/SQP solvers support it).
+    torch ops; the default Newton/SQP solvers support it). float16/bfloat16 inputs are solved and
+    differentiated in float32 (there is no half-precision Cholesky/LU) and ``y`` is cast back.
 
     Args:
         node: a ``ddn.torch`` node. If it is also an ``nn.Module`` it is registered as a submodule
@@ -504,6 +506,11 @@ class DeclarativeLayer(nn.Module):
         self.linear_solver = linear_solver
 
     def forward(self, *xs):
+        low = [x.dtype for x in xs if torch.is_tensor(x) and x.dtype in _LOW_PRECISION]
+        if low:
+            # float16/bfloat16: solve and differentiate in float32 (no half Cholesky/LU), cast back
+            xs = tuple(x.float() if torch.is_tensor(x) and x.dtype in _LOW_PRECISION else x for x in xs)
+            return self.forward(*xs).to(low[0])
         ls = self.linear_solver or self.node.linear_solver
         if ls == "unroll":
             return self.node._unrolled(*xs)

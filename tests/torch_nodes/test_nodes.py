@@ -445,3 +445,17 @@ def test_check_gradient_passes_on_the_table(name):
     assert rep.max_rel_error < 1e-6 and rep.residual < 1e-10
     if name in ("equality", "lineq"):
         assert rep.n_active == rep.active_rank == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_runs_in_float32(dtype):
+    x, s = _inputs("unconstrained")
+    a = (x.to(dtype).requires_grad_(), s.to(dtype))
+    y = DeclarativeLayer(Smooth(4))(*a)
+    assert y.dtype == dtype
+    (y.float() ** 2).sum().backward()
+    a64 = x.clone().requires_grad_()
+    y64 = DeclarativeLayer(Smooth(4))(a64, s)
+    (y64 ** 2).sum().backward()
+    assert a[0].grad.dtype == dtype
+    torch.testing.assert_close(a[0].grad.double(), a64.grad, atol=5e-2, rtol=5e-2)
