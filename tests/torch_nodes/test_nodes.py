@@ -386,9 +386,13 @@ def test_inputs_without_grad_get_none():
     assert gs2.shape == s.shape
 
 
-@pytest.mark.parametrize("name", ["unconstrained", "equality", "mixed"])
-def test_double_backward(name):
-    layer = DeclarativeLayer(PROBLEMS[name][0]())
+@pytest.mark.parametrize("name,solver", [("unconstrained", "dense"), ("equality", "dense"),
+                                         ("mixed", "dense"), ("unconstrained", "cg"),
+                                         ("equality", "cg")])
+def test_double_backward(name, solver):
+    """The backward is written in torch ops (multipliers recomputed by least squares inside the
+    graph), so second derivatives are right for dense, cg and MINRES."""
+    layer = DeclarativeLayer(PROBLEMS[name][0](linear_solver=solver))
     xs = _requiring(_inputs(name, b=3))
     assert torch.autograd.gradgradcheck(lambda *a: layer(*a), xs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
