@@ -117,7 +117,8 @@ def _welsch_local(x, y, alpha, max_iter=500):
         step = abs(y_new - y)
         y, f = y_new, f_new
         g, H, s0, s1, gabs = rest
-        # a step at rounding level, or g at rounding level (ends a degenerate minimum H → 0)
+        # a step at rounding level, or g at rounding level (ends a degenerate minimum H → 0;
+        # looser than the torch floor's 4 eps so that float64 sums in any order get there)
         if step <= tol * (abs(y) + alpha) or abs(g) <= (16 + np.sqrt(x.size)) * eps * gabs:
             return y, True
     return y, False

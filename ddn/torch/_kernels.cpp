@@ -166,7 +166,7 @@ static int welsch_local(const T* x, int64_t n, T a, T y, T& out, T& fout, T& Hou
     // converged: a step at rounding level, or g at rounding level (Σ|φ'| sets the scale; this
     // is what ends a degenerate minimum, where steps shrink only linearly)
     bool conv = std::abs(yn - y) <= 4 * eps * (std::abs(y) + a) || s0 == 0 ||
-                std::abs(gn) <= (16 + std::sqrt(T(n))) * eps * gabsn;
+                std::abs(gn) <= 4 * eps * gabsn;
     y = yn; f = fn; g = gn; H = Hn; s0 = s0n;
     if (conv) { out = y; fout = f; Hout = H; return 0; }
   }

@@ -176,7 +176,7 @@ def _welsch_local(x, y, a, eps):
             t *= 2
         # a step at rounding level, or g at rounding level (ends a degenerate minimum)
         conv = ((yn - y).abs() <= 4 * eps * (y.abs() + a1)) | (s0 == 0) | \
-            (gn.abs() <= (16 + n ** 0.5) * eps * gan)
+            (gn.abs() <= 4 * eps * gan)
         keep = done
         y, f, g, H, s0 = (torch.where(keep, p, q) for p, q in
                           ((y, yn), (f, fn), (g, gn), (H, Hn), (s0, s0n)))

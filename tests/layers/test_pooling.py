@@ -369,7 +369,7 @@ def test_random_rows_with_ties_and_exact_kinks(backend):
             elif pen == "welsch":
                 # near-degenerate minima (two points ~2α apart: H = Σφ'' ≈ 0) fix y only to
                 # about eps^(1/3) relative, so the floors may differ there by more than 1e-8
-                assert y == pytest.approx(yr, abs=1e-6)
+                assert y == pytest.approx(yr, abs=2e-5)
             else:
                 assert y == pytest.approx(yr, abs=1e-8)
             assert torch.isfinite(g).all() and float(g.sum()) == pytest.approx(1.0, abs=1e-8)
