@@ -168,7 +168,12 @@ static int welsch_local(const T* x, int64_t n, T a, T y, T& out, T& fout, T& Hou
     bool conv = std::abs(yn - y) <= 4 * eps * (std::abs(y) + a) || s0 == 0 ||
                 std::abs(gn) <= 4 * eps * gabsn;
     y = yn; f = fn; g = gn; H = Hn; s0 = s0n;
-    if (conv) { out = y; fout = f; Hout = H; return 0; }
+    if (conv) {
+      // one last Newton correction when it is tiny (no pass: H is taken from this point)
+      T st = H > 0 ? g / H : T(0);
+      if (std::abs(st) <= 1000 * eps * (std::abs(y) + a)) y -= st;
+      out = y; fout = f; Hout = H; return 0;
+    }
   }
   out = y;
   fout = f;

@@ -180,6 +180,10 @@ def _welsch_local(x, y, a, eps):
         keep = done
         y, f, g, H, s0 = (torch.where(keep, p, q) for p, q in
                           ((y, yn), (f, fn), (g, gn), (H, Hn), (s0, s0n)))
+        # one last Newton correction when it is tiny (as the kernel: no new evaluation)
+        st = torch.where(H > 0, g / H, 0)
+        fix = conv & ~keep & (st.abs() <= 1000 * eps * (y.abs() + a1))
+        y = torch.where(fix, y - st, y)
         done = done | conv
         if bool(done.all()):
             break
