@@ -100,12 +100,12 @@ def _peak_cpu_bytes(fn):
     return peak
 
 
-def measure(forward, loss=None, repeats=3, device="cpu"):
+def measure(forward, loss=None, repeats=3, device="cpu", warmup=True):
     """Time and memory of one forward and backward pass.
 
     ``forward()`` returns a tensor ``y``; the backward pass back-propagates ``loss(y)``
     (default ``Σ y²``). Each phase is timed separately over ``repeats`` runs after one warm-up
-    (medians), then one more run records the peak memory of both phases together
+    run (skipped with ``warmup=False``; medians), then one more run records the peak memory of both phases together
     (``torch.cuda.max_memory_allocated`` on CUDA, the profiler's allocation trace on the CPU).
     Returns ``{"forward_seconds", "backward_seconds", "seconds", "bytes"}``.
     """
@@ -120,7 +120,8 @@ def measure(forward, loss=None, repeats=3, device="cpu"):
     def run():
         loss(forward()).backward()
 
-    run()  # warm-up
+    if warmup:
+        run()
     tf, tb = [], []
     for _ in range(repeats):
         sync()
