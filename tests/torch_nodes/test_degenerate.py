@@ -212,3 +212,22 @@ def test_on_degenerate_error_in_the_forward():
         DeclarativeLayer(Quartic(2, on_degenerate="error"))(x)
     with pytest.raises(DDNError, match="did not converge"):
         DeclarativeLayer(Quartic(2, solver_max_iter=1, on_degenerate="error"))(x[[0, 2]] * 3)
+
+
+def test_solve_dense_checks_the_residual_where_lu_was_used():
+    # Cholesky-solved elements are backward stable (residual not computed: 0); elements that are
+    # not positive definite go through LU and get a real residual check; a singular one is named.
+    from ddn.torch import _linalg
+    torch.manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(3, 5, 5, dtype=torch.float64))[0]
+    ev = torch.tensor([[1.0, 2, 3, 4, 5], [-1.0, 2, 3, 4, 5], [0.0, 2, 3, 4, 5]], dtype=torch.float64)
+    K = Q @ torch.diag_embed(ev) @ Q.mT
+    K = 0.5 * (K + K.mT)
+    r = torch.randn(3, 5, dtype=torch.float64)
+    w, info = _linalg.solve_dense(K, r)
+    assert info["pd"].tolist() == [True, False, False]
+    assert info["singular"].tolist() == [False, False, True]
+    assert info["linear_residual"][0] == 0
+    assert 0 < info["linear_residual"][1] < 1e-12
+    for e in (0, 1):
+        assert torch.allclose(w[e], torch.linalg.solve(K[e], r[e]), atol=1e-10)
