@@ -18,8 +18,8 @@ Solvers (deterministic; the torch floor follows the same rules):
 * Welsch, truncated quadratic (non-convex): the paper's protocol — a local solve from the mean and
   from the (lower) median ``sort(x)[(n−1)//2]``, keeping the lower objective (ties keep the mean's).
   Welsch: Newton steps accepted only when they descend, else the majorize–minimize (IRLS) step
-  ``y ← Σ w_i x_i / Σ w_i``. Truncated quadratic: the MM step ``y ← mean{x_i : |y − x_i| < α}`` to its
-  fixed point (finite). If no point is an inlier the objective is flat and ``y`` stays put, so
+  ``y ← Σ w_i x_i / Σ w_i``, doubled while the objective keeps dropping. Truncated quadratic: the
+  MM step ``y ← mean{x_i : |y − x_i| < α}`` to its fixed point (finite). If no point is an inlier the objective is flat and ``y`` stays put, so
   its derivative is that of the start (the mean: ``1/n``) — this cannot win over the median start,
   which always has an inlier, but is handled anyway.
 """

@@ -13,9 +13,11 @@ Solvers (rows in parallel, reaching ``g(y) ≈ 0`` to the dtype's precision in a
 * quadratic: the mean;
 * pseudo-Huber, Huber (convex): Newton from the mean, safeguarded by the bracket ``[min x, max x]``
   (bisection when a Newton step leaves it or ``H = 0``);
-* Welsch: from the mean and from the lower median ``sort(x)[(n−1)//2]`` (the paper's protocol), Newton
-  steps accepted only when they lower ``f``, otherwise the always-descending majorize–minimize step
-  ``y ← Σ w_i x_i / Σ w_i``; the lower objective wins (ties keep the mean's);
+* Welsch: from the mean and from the lower median ``sort(x)[(n−1)//2]`` (the paper's protocol),
+  Newton steps accepted only when they lower ``f``, otherwise the always-descending
+  majorize–minimize step ``y ← Σ w_i x_i / Σ w_i``, doubled while ``f`` keeps dropping (it crawls on
+  flat stretches); stop when the step or ``g`` reaches rounding level (the latter ends degenerate
+  minima, ``H → 0``, where Newton is only linear); the lower objective wins (ties keep the mean's);
 * truncated quadratic: the same two starts, each iterating ``y ← mean{x_i : |y − x_i| < α}`` (exact MM,
   finitely many steps).
 
