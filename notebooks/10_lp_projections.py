@@ -169,11 +169,14 @@ for p in P_VALUES:
 # The unmasked vertex Jacobian says "moving `x` along the other axes moves `y`"; finite
 # differences say it does not — `y` stays on the vertex. Both are useful: the unmasked one is
 # a valid descent direction for training (it lets gradient flow to coordinates that could
-# become non-zero), the masked one is the true local derivative. Which one the layers use by
-# default is stated in their docstrings:
+# become non-zero), the masked one is the true local derivative. Both floors default to the
+# masked form (`masked=True`; pass `masked=False` for the paper's gradient):
 
 # %%
-print(dt.project_sphere.__doc__)
+for p, xp in ((1, x_vertex), (float("inf"), x_corner)):
+    assert np.allclose(torch_jacobian(xp, p), torch_jacobian(xp, p, masked=True))
+    assert np.allclose(ref.SphereProjectionNode(p).jacobian(xp), fd(xp, p), atol=1e-6)
+print("default: masked=True in ddn.torch and ddn.reference")
 
 # %% [markdown]
 # ## The picture
