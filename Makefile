@@ -45,7 +45,7 @@ test-unit: setup
 	$(BIN)/python -m pytest -p no:nbval -q tests
 
 test-notebooks: setup
-	DDN_SMOKE=1 $(BIN)/python -m pytest -q --nbval-lax -p no:cacheprovider notebooks
+	DDN_SMOKE=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider notebooks
 
 bench: setup
 	$(BIN)/python bench/run_all.py
