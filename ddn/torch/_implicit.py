@@ -42,19 +42,38 @@ def default_tol(dtype, f64, f32):
     return f64 if dtype == torch.float64 else f32
 
 
+# On CPU the P products are evaluated in chunks of about this many elements (chunk·b·N, 1 MiB in
+# float64): every op of the double backward then works on cache-resident temporaries instead of
+# streaming (P, b, N) tensors through memory. Measured at b = 16 (bench/nodes): the Hessian build
+# is 1.4× faster at N = 256 and 2–5× at N = 512; on a GPU one big batch is better, so no chunks.
+_CPU_CHUNK_ELEMENTS = 2 ** 17
+
+
 def batched_jacobian(g, z, *, create_graph=False):
     """``J[e] = D_z g[e]`` for a batch-separable ``g`` (b, P) of ``z`` (b, N): P vector–Jacobian
-    products evaluated at once (``is_grads_batched``: a vmap over the backward). Returns (b, P, N).
-    With ``g = ∇_z ℒ`` this is the Hessian ``K = ∇²_zz ℒ`` from N Hessian–vector products."""
+    products evaluated at once (``is_grads_batched``: a vmap over the backward; on CPU in chunks of
+    about 2¹⁷ elements, see ``_CPU_CHUNK_ELEMENTS``). Returns (b, P, N). With ``g = ∇_z ℒ`` this is
+    the Hessian ``K = ∇²_zz ℒ`` from N Hessian–vector products."""
     b, N = z.shape
     P = g.shape[1]
-    basis = torch.eye(P, dtype=z.dtype, device=z.device).unsqueeze(1).expand(P, b, P)
+    chunk = P
+    if z.device.type == "cpu":
+        chunk = max(1, min(P, _CPU_CHUNK_ELEMENTS // max(1, b * N)))
+    eye = torch.eye(P, dtype=z.dtype, device=z.device)
     try:
-        (K,) = torch.autograd.grad(g, z, grad_outputs=basis, is_grads_batched=True,
-                                   retain_graph=True, create_graph=create_graph, allow_unused=True)
+        parts = []
+        for s in range(0, P, chunk):
+            basis = eye[s:s + chunk].unsqueeze(1).expand(-1, b, P)  # rows s.. of the identity
+            (Kc,) = torch.autograd.grad(g, z, grad_outputs=basis, is_grads_batched=True,
+                                        retain_graph=True, create_graph=create_graph,
+                                        allow_unused=True)
+            if Kc is None:
+                return torch.zeros(b, P, N, dtype=z.dtype, device=z.device)
+            parts.append(Kc)
+        K = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
     except RuntimeError:
         # An op without a batching rule: fall back to one product per coordinate.
-        cols = [torch.autograd.grad(g, z, grad_outputs=basis[i], retain_graph=True,
+        cols = [torch.autograd.grad(g, z, grad_outputs=eye[i].expand(b, P), retain_graph=True,
                                     create_graph=create_graph, allow_unused=True)[0] for i in range(P)]
         K = None if cols[0] is None else torch.stack(cols)
     if K is None:
