@@ -19,25 +19,9 @@ __all__ = ["check_gradient_torch"]
 
 
 def _report_cls():
-    try:
-        from ddn.check import GradientReport
-        return GradientReport
-    except ImportError:  # pragma: no cover - ddn.check is written concurrently
-        from dataclasses import dataclass, field
-
-        @dataclass
-        class GradientReport:
-            ok: bool
-            max_abs_error: float
-            max_rel_error: float
-            residual: float
-            cond_H: float = float("nan")
-            active_rank: int = 0
-            n_active: int = 0
-            weakly_active: list = field(default_factory=list)
-            messages: list = field(default_factory=list)
-            details: dict = field(default_factory=dict)
-        return GradientReport
+    # imported late: ddn.check imports this module lazily, for torch nodes only
+    from ddn.check import GradientReport
+    return GradientReport
 
 
 def _fd_jacobian(fun, xs, eps, side="central"):
