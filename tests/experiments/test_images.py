@@ -153,13 +153,13 @@ def _cfg(root, **kw):
 
 
 def test_smoke_run_and_table(tmp_path):
-    cfg = _cfg(_fake_fmnist(tmp_path), variants=["none"] + (["ball-2"] if HAS_PROJ else []))
+    cfg = _cfg(_fake_fmnist(tmp_path), variants=["ball-2"] if HAS_PROJ else ["none"])
     rows = im.run_experiment(cfg, "cpu", tmp_path / "im.csv", tmp_path / "ck", show_progress=False)
     assert len(rows) == len(cfg.variants)
     for r in rows:
         assert 0 <= r["top1"] <= r["top5"] <= 100 and 0 <= r["map"] <= 100
     t = im.render_table(tmp_path / "im.csv", "smoke")
-    assert "(69.80)" in t
+    assert ("(70.59)" if HAS_PROJ else "(69.80)") in t      # the paper's value beside ours
 
 
 def test_imagenet_layout_training(tmp_path):
