@@ -26,6 +26,7 @@ the forward is reported separately ("graph kept"), since that is where unrolling
 """
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -40,50 +41,97 @@ from torch.profiler import ProfilerActivity, profile
 from ddn.torch import DeclarativeLayer, DeclarativeNode
 
 HERE = Path(__file__).resolve().parent
-ALPHA = 0.5
+ALPHA = 0.5  # weight of the dense coupling term, problem "dense-W"
+MU = 1.0     # weight of the smoothness term, problem "smooth"
 
 
-def rho2(z):  # ρ''(z) for the pseudo-Huber penalty with α = 1
+def rho(z):  # pseudo-Huber ρ(z) = √(1 + z²) − 1
+    return torch.sqrt(1 + z * z) - 1
+
+
+def rho2(z):  # ρ''(z) = (1 + z²)^(−3/2)
     return (1 + z * z) ** -1.5
 
 
-class Bench(DeclarativeNode):
-    """f(x, y) = Σ ρ(y − x) + (α/2)‖Wy‖²; the solve returns a cached solution (not timed)."""
+class DenseW(DeclarativeNode):
+    """f(x, y) = Σ ρ(y − x) + (α/2)‖Wy‖²: H = diag(ρ'') + α WᵀW dense, a Hessian–vector product
+    costs O(m²). The solve returns a cached solution (not timed)."""
+
+    name = "dense-W"
 
     def __init__(self, W, y_star=None, **kw):
         super().__init__(W.shape[0], **kw)
         self.W, self.y_star = W, y_star
 
     def objective(self, x, y):
-        z = y - x
-        return (torch.sqrt(1 + z * z) - 1).sum(-1) + 0.5 * ALPHA * ((y @ self.W.T) ** 2).sum(-1)
+        return rho(y - x).sum(-1) + 0.5 * ALPHA * ((y @ self.W.T) ** 2).sum(-1)
 
     def solve(self, x):
         if self.y_star is not None and self.linear_solver != "unroll":
             return self.y_star.clone(), {}
         return super().solve(x)
 
+    def closed_form_backward(self, x, y, v):
+        r2 = rho2(y - x)
+        H = torch.diag_embed(r2) + ALPHA * (self.W.T @ self.W)  # H = D²_YY f
+        L = torch.linalg.cholesky(H)
+        w = torch.cholesky_solve(v.unsqueeze(-1), L).squeeze(-1)  # H w = v
+        return w * r2  # vᵀDy = −wᵀB, B = D²_XY f = −diag(ρ'')
 
-def closed_form_backward(x, y, v, W):
-    r2 = rho2(y - x)
-    H = torch.diag_embed(r2) + ALPHA * (W.T @ W)  # H = D²_YY f
-    L = torch.linalg.cholesky(H)
-    w = torch.cholesky_solve(v.unsqueeze(-1), L).squeeze(-1)  # H w = v
-    return w * r2  # vᵀDy = −wᵀB, B = −diag(ρ'')
+
+class Smooth(DenseW):
+    """Robust smoothing f(x, y) = Σ ρ(y_i − x_i) + (μ/2)‖Dy‖², D the (m−1, m) first difference:
+    H = diag(ρ'') + μ DᵀD is tridiagonal and a Hessian–vector product costs O(m), but ddn treats
+    the node as generic (dense H). Closed form: a tridiagonal (Thomas) solve, O(b·m)."""
+
+    name = "smooth"
+
+    def __init__(self, m, y_star=None, **kw):
+        DeclarativeNode.__init__(self, m, **kw)
+        self.y_star = y_star
+
+    def objective(self, x, y):
+        d = y[:, 1:] - y[:, :-1]
+        return rho(y - x).sum(-1) + 0.5 * MU * (d * d).sum(-1)
+
+    def closed_form_backward(self, x, y, v):
+        r2 = rho2(y - x)
+        b, m = y.shape
+        # H = D²_YY f: diagonal ρ'' + μ·(1, 2, …, 2, 1), off-diagonals −μ; solve H w = v (Thomas)
+        diag = r2 + MU * 2
+        diag[:, 0] -= MU
+        diag[:, -1] -= MU
+        e = -MU
+        cp, vp = [None] * m, [None] * m
+        cp[0], vp[0] = e / diag[:, 0], v[:, 0] / diag[:, 0]
+        for i in range(1, m):
+            den = diag[:, i] - e * cp[i - 1]
+            cp[i], vp[i] = e / den, (v[:, i] - e * vp[i - 1]) / den
+        w = [None] * m
+        w[-1] = vp[-1]
+        for i in range(m - 2, -1, -1):
+            w[i] = vp[i] - cp[i] * w[i + 1]
+        return torch.stack(w, 1) * r2  # vᵀDy = −wᵀB, B = −diag(ρ'')
 
 
 def naive_backward(node, x, y, v):
+    """The common per-coordinate implicit backward: for each output coordinate i, one autograd call
+    for row i of H = D²_YY f and one for row i of B = D²_XY f (each batched over the b elements by
+    differentiating Σ_e ∂f/∂y_i, the objective being separable over the batch): 2m calls. Then
+    Dy = −H⁻¹B (Cholesky of H, m right-hand sides) and vᵀDy."""
     b, m = y.shape
     with torch.enable_grad():
         xr = x.detach().requires_grad_()
         yr = y.detach().requires_grad_()
-        (g,) = torch.autograd.grad(node.objective(xr, yr).sum(), yr, create_graph=True)
+        (g,) = torch.autograd.grad(node.objective(xr, yr).sum(), yr, create_graph=True)  # ∇_Y f
         H = torch.empty(b, m, m, dtype=y.dtype)
-        B = torch.empty(b, m, m, dtype=y.dtype)
-        for i in range(m):  # one autograd call per output coordinate: row i of H and of B
-            Hi, Bi = torch.autograd.grad(g[:, i].sum(), (yr, xr), retain_graph=True)
-            H[:, i], B[:, i] = Hi, Bi
-    Dy = -torch.linalg.solve(H, B)  # Dy = −H⁻¹B, (b, m, n)
+        B = torch.empty(b, m, x.shape[1], dtype=y.dtype)
+        for i in range(m):
+            gi = g[:, i].sum()
+            H[:, i] = torch.autograd.grad(gi, yr, retain_graph=True)[0]  # row i of H
+            B[:, i] = torch.autograd.grad(gi, xr, retain_graph=True)[0]  # row i of B
+    L = torch.linalg.cholesky(H)
+    Dy = -torch.cholesky_solve(B, L)  # Dy = −H⁻¹B, (b, m, n)
     return torch.einsum("bm,bmn->bn", v, Dy)
 
 
@@ -98,15 +146,6 @@ def peak_bytes(fn):
         cur += nb
         peak = max(peak, cur)
     return peak, cur
-
-
-def timed(fn, reps):
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def machine():
@@ -128,6 +167,10 @@ def main(argv=None):
     ap.add_argument("--naive-max", type=int, default=512, help="largest m for the naive method")
     ap.add_argument("--unroll-max", type=int, default=256, help="largest m for unroll (memory)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--breakdown-m", type=int, default=256,
+                    help="m at which the dense backward is timed step by step")
+    ap.add_argument("--problems", nargs="*", default=["dense-W", "smooth"],
+                    choices=["dense-W", "smooth"])
     ap.add_argument("--out", default=None, help="default: bench/nodes/results.json (a temporary "
                     "file for --quick, so that a smoke run never overwrites the measured table)")
     args, _ = ap.parse_known_args(argv)
@@ -139,93 +182,157 @@ def main(argv=None):
         args.out = (str(Path(tempfile.gettempdir()) / "ddn-bench-nodes-quick.json") if args.quick
                     else str(HERE / "results.json"))
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     dt = torch.float64
     b = args.batch
     rows = []
+    breakdown = {}
     print(f"machine: {machine()}")
-    hdr = f"{'m':>5} {'method':>12} {'backward ms':>12} {'× closed':>9} {'peak MiB':>10} {'note':>24}"
+    hdr = (f"{'problem':>8} {'m':>5} {'method':>12} {'backward ms':>12} {'× closed':>9} "
+           f"{'peak MiB':>10} {'note':>24}")
     print(hdr)
     print("-" * len(hdr))
-    for m in args.sizes:
-        W = torch.randn(m, m, dtype=dt) / m ** 0.5
-        x = torch.randn(b, m, dtype=dt)
-        v = torch.randn(b, m, dtype=dt)
-        y_star, info = Bench(W).solve(x)
-        assert info["converged"].all(), "forward solve did not converge"
-        reps = 5 if m <= 128 else 3
-        res = {}
+    for prob in args.problems:
+        for m in args.sizes:
+            torch.manual_seed(m)
+            x = torch.randn(b, m, dtype=dt)
+            v = torch.randn(b, m, dtype=dt)
+            if prob == "dense-W":
+                W = torch.randn(m, m, dtype=dt) / m ** 0.5
 
-        # closed form (the baseline)
-        ref = closed_form_backward(x, y_star, v, W)
-        res["closed-form"] = (timed(lambda: closed_form_backward(x, y_star, v, W), reps),
-                              peak_bytes(lambda: closed_form_backward(x, y_star, v, W))[0], "")
-
-        # naive
-        if m <= args.naive_max:
-            node = Bench(W, y_star)
-            g = naive_backward(node, x, y_star, v)
-            assert torch.allclose(g, ref, atol=1e-8), "naive disagrees with the closed form"
-            res["naive"] = (timed(lambda: naive_backward(node, x, y_star, v), reps if m <= 128 else 1),
-                            peak_bytes(lambda: naive_backward(node, x, y_star, v))[0], "")
-        else:
-            res["naive"] = (float("nan"), float("nan"), f"skipped (m > {args.naive_max})")
-
-        # dense, cg, unroll through DeclarativeLayer
-        for method in ("dense", "cg", "unroll"):
-            if method == "unroll" and m > args.unroll_max:
-                res[method] = (float("nan"), float("nan"), f"skipped (m > {args.unroll_max})")
-                continue
-            layer = DeclarativeLayer(Bench(W, y_star, linear_solver=method, tol=1e-10))
-            note = ""
-            if method == "unroll":
-                hold = []
-                kept = peak_bytes(lambda: hold.append(layer(x.clone().requires_grad_())))[1]
-                del hold
-                note = f"graph kept {kept / 2**20:.0f} MiB"
-
-            def fwd():
-                xr = x.clone().requires_grad_()
-                return xr, layer(xr)
-
-            xr, y = fwd()
-            y.backward(v)
-            assert torch.allclose(xr.grad, ref, atol=1e-6), f"{method} disagrees with the closed form"
-            ts = []
-            for _ in range(reps if m <= 128 or method != "unroll" else 1):
-                xr, y = fwd()
-                t0 = time.perf_counter()
-                y.backward(v)
-                ts.append(time.perf_counter() - t0)
-            xr, y = fwd()
-            res[method] = (statistics.median(ts), peak_bytes(lambda: y.backward(v))[0], note)
-            del xr, y, layer
-
-        base = res["closed-form"][0]
-        for method, (t, pk, note) in res.items():
-            rows.append({"m": m, "batch": b, "method": method, "backward_s": t, "peak_bytes": pk,
-                         "ratio_to_closed_form": t / base, "note": note})
-            print(f"{m:>5} {method:>12} {t * 1e3:>12.2f} {t / base:>9.1f} {pk / 2**20:>10.2f} {note:>24}",
-                  flush=True)
-    # the done-when checks
+                def make(y_star=None, **kw):
+                    return DenseW(W, y_star, **kw)
+            else:
+                def make(y_star=None, **kw):
+                    return Smooth(m, y_star, **kw)
+            y_star, info = make().solve(x)
+            assert info["converged"].all(), "forward solve did not converge"
+            rows += bench_one(prob, m, b, x, y_star, v, make, args)
+            if m == args.breakdown_m:
+                bd = dense_breakdown(make(y_star), x, y_star, v)
+                breakdown[prob] = {"m": m, "batch": b, "seconds": bd}
+                print(f"{prob}, m = {m}: dense backward by step: " +
+                      ", ".join(f"{k} {t * 1e3:.1f} ms" for k, t in bd.items()), flush=True)
+    # the done-when checks, per problem
     summary = {}
-    by = {(r["m"], r["method"]): r for r in rows}
-    if (256, "dense") in by and (256, "naive") in by:
-        summary["naive_over_dense_at_256"] = by[(256, "naive")]["backward_s"] / by[(256, "dense")]["backward_s"]
-        print(f"\nat m = 256, batch {b}: dense backward is "
-              f"{summary['naive_over_dense_at_256']:.1f}× faster than naive")
-    for method in ("closed-form", "naive", "dense", "cg", "unroll"):
-        pts = [(r["m"], r["peak_bytes"]) for r in rows if r["method"] == method
-               and r["peak_bytes"] == r["peak_bytes"] and r["peak_bytes"] > 0 and r["m"] >= 32]
-        if len(pts) >= 2:
-            (m0, p0), (m1, p1) = pts[0], pts[-1]
-            import math
-            k = math.log(p1 / p0) / math.log(m1 / m0)
-            summary[f"peak_memory_exponent_{method}"] = k
-            print(f"peak memory of {method:>11} grows like m^{k:.2f} (m = {m0}..{m1})")
-    Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows, "summary": summary},
+    by = {(r["problem"], r["m"], r["method"]): r for r in rows}
+    print()
+    for prob in args.problems:
+        for mm in args.sizes:
+            if (prob, mm, "dense") in by and (prob, mm, "naive") in by:
+                k = by[(prob, mm, "naive")]["backward_s"] / by[(prob, mm, "dense")]["backward_s"]
+                summary[f"{prob}: naive_over_dense_at_{mm}"] = k
+                verdict = (f" ({'meets' if k >= 20 else 'does NOT meet'} the ≥ 20× target at m = 256)"
+                           if mm == 256 else "")
+                if mm == 256 or args.quick:
+                    print(f"{prob}, m = {mm}, batch {b}: dense backward is {k:.1f}× faster than "
+                          f"naive{verdict}")
+        for method in ("closed-form", "naive", "dense", "cg", "unroll"):
+            pts = [(r["m"], r["peak_bytes"]) for r in rows if r["problem"] == prob and r["method"] == method
+                   and r["peak_bytes"] == r["peak_bytes"] and r["peak_bytes"] > 0 and r["m"] >= 32]
+            if len(pts) >= 2:
+                (m0, p0), (m1, p1) = pts[0], pts[-1]
+                k = math.log(p1 / p0) / math.log(m1 / m0)
+                summary[f"{prob}: peak_memory_exponent_{method}"] = k
+                print(f"{prob}: peak memory of {method:>11} grows like m^{k:.2f} (m = {m0}..{m1})")
+    Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows, "summary": summary,
+                                          "dense_breakdown": breakdown},
                                          indent=1))
     print(f"wrote {args.out}")
+
+
+def dense_breakdown(node, x, y, v, reps=5):
+    """Where the dense backward's time goes (the steps of ddn.torch._implicit.implicit_vjp, timed
+    one by one in interleaved rounds): ∇_Y f with its graph, H from the batched Hessian–vector
+    products, the Cholesky solve with its checks, the final VJP −wᵀB."""
+    from ddn.torch import _implicit, _linalg
+    xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+    with torch.enable_grad():
+        def grad_f():
+            return torch.autograd.grad(node.objective(xr, yr).sum(), yr, create_graph=True)[0]
+        g = grad_f()
+        H = _implicit.batched_hessian(g, yr)
+        w = _linalg.solve_dense(H, v)[0]
+        steps = {"grad f (with graph)": grad_f,
+                 "H = D²_YY f (batched HVPs)": lambda: _implicit.batched_hessian(g, yr),
+                 "Cholesky solve + checks": lambda: _linalg.solve_dense(H, v),
+                 "VJP −wᵀB": lambda: torch.autograd.grad(g, xr, grad_outputs=-w, retain_graph=True),
+                 "implicit_vjp (all)": lambda: _implicit.implicit_vjp(node.objective, (xr,), y, v)}
+        times = {k: [] for k in steps}
+        for _ in range(reps):
+            for k, fn in steps.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(t) for k, t in times.items()}
+
+
+def bench_one(prob, m, b, x, y_star, v, make, args):
+    """Time every method in interleaved rounds (each round runs each method once, the order
+    rotated), so that all see the same machine load; median per method. Peak memory separately."""
+    reps = 7 if m <= 128 else (5 if m <= 256 else 3)
+    node = make(y_star)
+    ref = node.closed_form_backward(x, y_star, v)
+    prepare, notes, peaks = {}, {}, {}
+
+    # each prepare() does the untimed part and returns the timed backward
+    prepare["closed-form"] = lambda: (lambda: node.closed_form_backward(x, y_star, v))
+    if m <= args.naive_max:
+        g = naive_backward(node, x, y_star, v)
+        assert torch.allclose(g, ref, atol=1e-8), "naive disagrees with the closed form"
+        prepare["naive"] = lambda: (lambda: naive_backward(node, x, y_star, v))
+    else:
+        notes["naive"] = f"skipped (m > {args.naive_max})"
+    layers = {}
+    for method in ("dense", "cg", "unroll"):
+        if method == "unroll" and m > args.unroll_max:
+            notes[method] = f"skipped (m > {args.unroll_max})"
+            continue
+        layer = layers[method] = DeclarativeLayer(make(y_star, linear_solver=method, tol=1e-10))
+        if method == "unroll":
+            hold = []
+            kept = peak_bytes(lambda: hold.append(layer(x.clone().requires_grad_())))[1]
+            del hold
+            notes[method] = f"graph kept {kept / 2**20:.0f} MiB"
+
+        def prep(layer=layer):
+            xr = x.clone().requires_grad_()
+            y = layer(xr)  # forward (cached solve, or the unrolled Newton): not timed
+            return lambda: (y.backward(v), xr)[1]
+
+        xr = prep()()
+        assert torch.allclose(xr.grad, ref, atol=1e-6), f"{method} disagrees with the closed form"
+        prepare[method] = prep
+
+    names = list(prepare)
+    times = {k: [] for k in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for k in order:
+            if k == "unroll" and m > 128 and times[k]:
+                continue  # one run of unroll beyond m = 128 (seconds each)
+            run = prepare[k]()
+            t0 = time.perf_counter()
+            run()
+            times[k].append(time.perf_counter() - t0)
+    for k in names:
+        run = prepare[k]()
+        peaks[k] = peak_bytes(run)[0]
+    res = {}
+    for k in ("closed-form", "naive", "dense", "cg", "unroll"):
+        if k in times:
+            res[k] = (statistics.median(times[k]), peaks[k], notes.get(k, ""), times[k])
+        else:
+            res[k] = (float("nan"), float("nan"), notes.get(k, ""), [])
+
+    rows = []
+    base = res["closed-form"][0]
+    for method, (t, pk, note, ts) in res.items():
+        rows.append({"problem": prob, "m": m, "batch": b, "method": method, "backward_s": t,
+                     "peak_bytes": pk, "ratio_to_closed_form": t / base, "note": note,
+                     "times_s": ts})
+        print(f"{prob:>8} {m:>5} {method:>12} {t * 1e3:>12.2f} {t / base:>9.1f} {pk / 2**20:>10.2f} "
+              f"{note:>24}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
