@@ -70,7 +70,9 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
             L = L0
         else:
             L = torch.linalg.cholesky(torch.where(pd[:, None, None], Kc, eye))
-        wc = torch.cholesky_solve(rc.unsqueeze(-1), L).squeeze(-1)
+        # K w = r as L (Lᵀ w) = r: two triangular solves (no copy of L, unlike cholesky_solve)
+        u = torch.linalg.solve_triangular(L, rc.unsqueeze(-1), upper=False)
+        wc = torch.linalg.solve_triangular(L.mT, u, upper=True).squeeze(-1)
         w = torch.where(pd[:, None], wc, w)
     bad = (~pd) & finite
     if bad.any():
