@@ -1,28 +1,36 @@
 """Backward time and peak memory of the generic unconstrained torch node against its baselines.
 
-    python bench/nodes/bench_backward.py            # full run (~3-5 min on a 2-core CPU)
+    python bench/nodes/bench_backward.py            # full run (~3 min on the shared 2-core CPU)
     python bench/nodes/bench_backward.py --quick    # m ∈ {8, 32} only (also under DDN_SMOKE=1)
 
-Problem (batch b = 16, x and y in R^m):
+Two problems (batch b = 16, x and y in R^m, pseudo-Huber ρ(z) = √(1 + z²) − 1):
 
-    f(x, y) = Σ_i ρ(y_i − x_i) + (α/2) ‖W y‖²,   ρ(z) = √(1 + z²) − 1 (pseudo-Huber),  W (m, m)/√m
-
-so H = diag(ρ''(y − x)) + α WᵀW is dense and B = D²_XY f = −diag(ρ''(y − x)).
+  dense-W  f(x, y) = Σ_i ρ(y_i − x_i) + (α/2)‖W y‖²,  W (m, m)/√m, α = 1/2:
+           H = diag(ρ''(y − x)) + α WᵀW is dense; one Hessian–vector product costs O(m²).
+  smooth   f(x, y) = Σ_i ρ(y_i − x_i) + (μ/2)‖D y‖²,  D the (m − 1, m) first difference, μ = 1
+           (robust smoothing / denoising): H = diag(ρ'') + μ DᵀD is tridiagonal; one
+           Hessian–vector product costs O(m). ddn does not know that: it treats H as dense.
+  In both B = D²_XY f = −diag(ρ''(y − x)).
 
 Methods (all on the same x, y, v, measured in the same run):
-  closed-form  hand-written backward: H built from the formula, Cholesky, vᵀDy = (H⁻¹v) ⊙ ρ''.
-  naive        implicit backward that builds H and B with one autograd call per output
-               coordinate (m calls), then Dy = −H⁻¹B (m right-hand sides) and vᵀDy.
-  dense        DeclarativeLayer(node, linear_solver="dense"): H from one vmapped batch of
-               Hessian–vector products, Cholesky, one VJP of ∇_y f.
+  closed-form  hand-written backward, vᵀDy = (H⁻¹v) ⊙ ρ'': dense-W builds H from the formula
+               and uses Cholesky; smooth solves the tridiagonal system (Thomas algorithm, O(b·m)).
+  naive        the common per-coordinate implicit backward: for each output coordinate i, one
+               autograd call for row i of H = D²_YY f and one for row i of B = D²_XY f (both
+               batched over the b elements by differentiating Σ_e ∂f/∂y_i; 2m calls), then
+               Dy = −H⁻¹B (Cholesky of H, m right-hand sides) and vᵀDy.
+  dense        DeclarativeLayer(node, linear_solver="dense"): H from batched Hessian–vector
+               products, Cholesky, one VJP of ∇_y f (B never formed).
   cg           linear_solver="cg": conjugate gradients on Hessian–vector products (tol 1e-10).
   unroll       linear_solver="unroll": autograd through the Newton iterations of the forward.
 
-Time: median wall time of the backward only (the forward solve is done beforehand and not timed).
-Peak memory: the largest sum of bytes allocated and not yet freed by torch's CPU allocator during
-the backward, from torch.profiler's memory events (profile_memory=True) in time order; memory held
-before the backward starts (x, y, the saved graph) is not counted. For unroll the graph kept by
-the forward is reported separately ("graph kept"), since that is where unrolling pays.
+Time: wall time of the backward only (the forward solve is done beforehand and not timed), in
+interleaved rounds (each round runs every method once, order rotated, so all see the same load
+on a shared machine); the median per method. Peak memory: the largest sum of bytes allocated and
+not yet freed by torch's CPU allocator during the backward, from torch.profiler's memory events
+(profile_memory=True) in time order; memory held before the backward starts (x, y, the saved
+graph) is not counted. For unroll the graph kept by the forward is reported separately ("graph
+kept"). At m = 256 the dense backward is also timed step by step (dense_breakdown in the JSON).
 """
 import argparse
 import json
@@ -114,11 +122,8 @@ class Smooth(DenseW):
         return torch.stack(w, 1) * r2  # vᵀDy = −wᵀB, B = −diag(ρ'')
 
 
-def naive_backward(node, x, y, v):
-    """The common per-coordinate implicit backward: for each output coordinate i, one autograd call
-    for row i of H = D²_YY f and one for row i of B = D²_XY f (each batched over the b elements by
-    differentiating Σ_e ∂f/∂y_i, the objective being separable over the batch): 2m calls. Then
-    Dy = −H⁻¹B (Cholesky of H, m right-hand sides) and vᵀDy."""
+def naive_rows(node, x, y):
+    """H and B row by row: 2m autograd calls (see naive_backward)."""
     b, m = y.shape
     with torch.enable_grad():
         xr = x.detach().requires_grad_()
@@ -130,9 +135,22 @@ def naive_backward(node, x, y, v):
             gi = g[:, i].sum()
             H[:, i] = torch.autograd.grad(gi, yr, retain_graph=True)[0]  # row i of H
             B[:, i] = torch.autograd.grad(gi, xr, retain_graph=True)[0]  # row i of B
+    return H, B
+
+
+def naive_solve(H, B, v):
     L = torch.linalg.cholesky(H)
     Dy = -torch.cholesky_solve(B, L)  # Dy = −H⁻¹B, (b, m, n)
     return torch.einsum("bm,bmn->bn", v, Dy)
+
+
+def naive_backward(node, x, y, v):
+    """The common per-coordinate implicit backward: for each output coordinate i, one autograd call
+    for row i of H = D²_YY f and one for row i of B = D²_XY f (each batched over the b elements by
+    differentiating Σ_e ∂f/∂y_i, the objective being separable over the batch): 2m calls. Then
+    Dy = −H⁻¹B (Cholesky of H, m right-hand sides) and vᵀDy."""
+    H, B = naive_rows(node, x, y)
+    return naive_solve(H, B, v)
 
 
 def peak_bytes(fn):
@@ -256,7 +274,10 @@ def dense_breakdown(node, x, y, v, reps=5):
                  "H = D²_YY f (batched HVPs)": lambda: _implicit.batched_hessian(g, yr),
                  "Cholesky solve + checks": lambda: _linalg.solve_dense(H, v),
                  "VJP −wᵀB": lambda: torch.autograd.grad(g, xr, grad_outputs=-w, retain_graph=True),
-                 "implicit_vjp (all)": lambda: _implicit.implicit_vjp(node.objective, (xr,), y, v)}
+                 "implicit_vjp (all)": lambda: _implicit.implicit_vjp(node.objective, (xr,), y, v),
+                 "naive: 2m autograd calls": lambda: naive_rows(node, x, y),
+                 "naive: Cholesky + m-column solve": lambda: naive_solve(Hn, Bn, v)}
+        Hn, Bn = naive_rows(node, x, y)
         times = {k: [] for k in steps}
         for _ in range(reps):
             for k, fn in steps.items():
