@@ -39,7 +39,7 @@ from ddn.utils import repo_root
 __all__ = [
     "topk_accuracy", "average_precision", "mean_average_precision", "classification_metrics",
     "choose_device", "seed_everything", "epoch_generator", "rng_state", "set_rng_state",
-    "save_checkpoint", "load_checkpoint", "config_hash", "append_results", "read_results",
+    "save_checkpoint", "load_checkpoint", "checkpoint_lock", "config_hash", "append_results", "read_results",
     "paper_table", "format_table", "results_dir", "progress",
 ]
 
@@ -177,6 +177,47 @@ def save_checkpoint(path, model, optimizer, scheduler, epoch: int, extra: dict |
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")   # one per writer process
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+class checkpoint_lock:
+    """Context manager: claim the checkpoint at ``path`` for this process (a ``.lock`` file
+    holding the pid). A second live process training the same model raises DDNError — two
+    writers to one checkpoint break exact resume; a lock left by a killed run is taken over."""
+
+    def __init__(self, path):
+        self.lock = Path(str(path) + ".lock")
+
+    def __enter__(self):
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(self.lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise DDNError(f"{self.lock.with_suffix('')} is being trained by process {pid}; "
+                               f"wait for it, or delete {self.lock} if that process is gone")
+            self.lock.write_text(str(os.getpid()))        # stale: left by a killed run
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.unlink(missing_ok=True)
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_checkpoint(path, model, optimizer, scheduler, map_location=None) -> dict | None:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from ddn import DDNError
 from ddn.utils import is_smoke
 
-from .common import (append_results, choose_device, classification_metrics, config_hash,
+from .common import (append_results, checkpoint_lock, choose_device, classification_metrics, config_hash,
                      epoch_generator, format_table, load_checkpoint, paper_table, progress,
                      read_results, results_dir, save_checkpoint, seed_everything, timestamp)
 
@@ -479,6 +479,15 @@ def checkpoint_path(cfg, variant, checkpoint_dir) -> Path:
 
 def train_model(cfg: ImageConfig, variant: str, data, device=None, checkpoint_dir=None,
                 show_progress=True, stop_after_epochs=None):
+    if checkpoint_dir is None:
+        return _train_model(cfg, variant, data, device, None, show_progress, stop_after_epochs)
+    with checkpoint_lock(checkpoint_path(cfg, variant, checkpoint_dir)):
+        return _train_model(cfg, variant, data, device, checkpoint_dir, show_progress,
+                            stop_after_epochs)
+
+
+def _train_model(cfg: ImageConfig, variant: str, data, device=None, checkpoint_dir=None,
+                 show_progress=True, stop_after_epochs=None):
     """Train ResNet-18 ``variant`` (``"none"``, ``"sphere-1"``, ..., ``"ball-inf"``) with SGD +
     step schedule; checkpoint after every epoch and resume from one. ``stop_after_epochs``
     simulates a kill after that many epochs of this call. Returns ``(model, finished_epochs)``."""
@@ -519,6 +528,9 @@ def train_model(cfg: ImageConfig, variant: str, data, device=None, checkpoint_di
         if path is not None:
             save_checkpoint(path, model, opt, sched, epoch + 1)
     return model, start + done
+
+
+train_model.__doc__ = _train_model.__doc__
 
 
 @torch.no_grad()
@@ -568,7 +580,12 @@ def run_experiment(cfg: ImageConfig | None = None, device=None, results_csv=None
 def render_table(results_csv=None, preset_name="cpu") -> str:
     """Markdown table in Table IV's layout: each cell ``ours (paper)``."""
     rows = read_results(results_csv or results_dir() / "images.csv")
-    latest = {r["variant"]: r for r in rows if r.get("preset") == preset_name}
+    latest = {}
+    for r in rows:                       # the latest row per variant, in the paper's order
+        if r.get("preset") == preset_name:
+            latest[variant_name(*parse_variant(r["variant"]))] = r
+    order = [variant_name(k, p) for k, p in VARIANTS]
+    latest = {v: latest[v] for v in sorted(latest, key=lambda v: order.index(v))}
     paper = {}
     for r in paper_table("table4"):
         if r["model"] == "ResNet-18-pt":

@@ -41,7 +41,7 @@ from torch import nn
 from ddn import DDNError
 from ddn.utils import is_smoke
 
-from .common import (append_results, choose_device, classification_metrics, config_hash,
+from .common import (append_results, checkpoint_lock, choose_device, classification_metrics, config_hash,
                      epoch_generator, format_table, load_checkpoint, paper_table, progress,
                      read_results, results_dir, save_checkpoint, seed_everything, timestamp)
 
@@ -423,6 +423,16 @@ def checkpoint_path(cfg: PointCloudConfig, pooling: str, train_outlier_pct: floa
 
 def train_model(cfg: PointCloudConfig, pooling: str, train_outlier_pct: float, data,
                 device=None, checkpoint_dir=None, show_progress=True, stop_after_epochs=None):
+    if checkpoint_dir is None:
+        return _train_model(cfg, pooling, train_outlier_pct, data, device, None, show_progress,
+                            stop_after_epochs)
+    with checkpoint_lock(checkpoint_path(cfg, pooling, train_outlier_pct, checkpoint_dir)):
+        return _train_model(cfg, pooling, train_outlier_pct, data, device, checkpoint_dir,
+                            show_progress, stop_after_epochs)
+
+
+def _train_model(cfg: PointCloudConfig, pooling: str, train_outlier_pct: float, data,
+                device=None, checkpoint_dir=None, show_progress=True, stop_after_epochs=None):
     """Train PointNet with ``pooling`` for ``cfg.epochs`` epochs with ``train_outlier_pct``
     percent outliers in every training cloud (fresh outliers each epoch, drawn from
     ``seed``+``epoch``). Resumes from the checkpoint in ``checkpoint_dir`` when there is one
@@ -536,6 +546,9 @@ def run_experiment(cfg: PointCloudConfig | None = None, device=None, results_csv
                           f"{r['test_outlier_pct']:>3}%: top1 {r['top1']:.1f}  mAP {r['map']:.1f}",
                           flush=True)
     return rows
+
+
+train_model.__doc__ = _train_model.__doc__
 
 
 # ============================================================================ tables, plot

@@ -157,3 +157,20 @@ def test_cli_smoke(tmp_path):
     assert "Table II" in r.stdout and (tmp_path / "p.png").is_file()
     assert len(pc.read_results(tmp_path / "r.csv")) == 4
     assert list((tmp_path / "checkpoints").glob("pointcloud-max-*.pt"))
+
+
+def test_second_live_writer_is_refused(tmp_path):
+    import os
+    from ddn.experiments.common import checkpoint_lock
+    cfg = _smoke_cfg(epochs=1)
+    path = pc.checkpoint_path(cfg, "max", 0, tmp_path)
+    lock = tmp_path / (path.name + ".lock")
+    parent = os.getppid()                                   # a live process that is not us
+    lock.write_text(str(parent))
+    with pytest.raises(DDNError, match="being trained by process"):
+        pc.train_model(cfg, "max", 0, pc.load_data(cfg), "cpu", tmp_path, False)
+    lock.write_text("999999999")                           # stale lock of a killed run
+    _, n = pc.train_model(cfg, "max", 0, pc.load_data(cfg), "cpu", tmp_path, False)
+    assert n == 1 and not lock.exists()
+    with checkpoint_lock(tmp_path / "x.pt"):
+        assert (tmp_path / "x.pt.lock").read_text() == str(os.getpid())
