@@ -21,7 +21,7 @@ data:
 	elif command -v apt-get >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist \
-	  || echo "WARNING: could not install dataset-fashion-mnist; the image experiment will fall back to its synthetic data"; \
+	  || echo "WARNING: could not install dataset-fashion-mnist; the image experiment (and notebook 13 at full size) will stop with instructions"; \
 	else echo "WARNING: no apt-get: install Fashion-MNIST by hand (see README)"; fi
 
 # The main job: open the numbered notebooks in JupyterLab.
