@@ -12,9 +12,9 @@ Solvers (deterministic; the torch floor follows the same rules):
 * quadratic: the mean.
 * pseudo-Huber, Huber (convex): the root of the monotone ``g`` on ``[min x, max x]`` by Brent's
   method (independent of the torch floor's Newton iterations, so it is a second oracle).
-* Huber's minimizer is an interval exactly when no point is an inlier (``H = 0``); we return its
-  **midpoint** ``(x_j + x_k)/2`` where ``x_j`` is the largest point below ``y − α`` and ``x_k`` the
-  smallest above ``y + α``. That choice is itself differentiable: ``Dy = ½(e_j + e_k)``, ``dy/dα = 0``.
+* Huber's minimizer is an interval of positive length exactly when n is even and the two middle
+  order statistics ``x_j = sort(x)[n/2 − 1]``, ``x_k = sort(x)[n/2]`` are more than ``2α`` apart
+  (no inlier); we return its **midpoint** ``(x_j + x_k)/2``. That choice is itself differentiable: ``Dy = ½(e_j + e_k)``, ``dy/dα = 0``.
 * Welsch, truncated quadratic (non-convex): the paper's protocol — a local solve from the mean and
   from the (lower) median ``sort(x)[(n−1)//2]``, keeping the lower objective (ties keep the mean's).
   Welsch: Newton steps accepted only when they descend, else the majorize–minimize (IRLS) step
@@ -152,8 +152,10 @@ def _solve(x, name, alpha):
             y = hi
         else:
             y = brentq(g, lo, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
-        if name == "huber" and not (np.abs(y - x) <= alpha).any():
-            y = _huber_midpoint(x, y, alpha)[0]
+        if name == "huber":
+            mid = _huber_gap(x, alpha)
+            if mid is not None:  # the minimizers form an interval: return its midpoint
+                y = 0.5 * (mid[0] + mid[1])
         return y
     median = float(np.sort(x)[(n - 1) // 2])
     local = _welsch_local if name == "welsch" else _tq_local
@@ -165,15 +167,28 @@ def _solve(x, name, alpha):
     return y2 if _objective(x, y2, name, alpha) < _objective(x, y1, name, alpha) else y1
 
 
-def _huber_midpoint(x, y, alpha):
-    """Midpoint of Huber's interval of minimizers when no point is an inlier at ``y``.
+def _huber_gap(x, alpha):
+    """``(x_j, x_k)`` when Huber's minimizers form an interval of positive length, else None.
 
-    Returns (midpoint, weights) with weights = D_x midpoint (½ split over ties at each end)."""
-    left, right = x < y - alpha, x > y + alpha
-    xj, xk = x[left].max(), x[right].min()
-    wj = (left & (x == xj)).astype(float)
-    wk = (right & (x == xk)).astype(float)
-    return 0.5 * (xj + xk), 0.5 * wj / wj.sum() + 0.5 * wk / wk.sum()
+    Every point is then an outlier, each contributing ``±α`` to ``g``, so ``g = 0`` needs n even,
+    half the points at or below ``x_j = sort(x)[n/2 − 1]`` and half at or above
+    ``x_k = sort(x)[n/2]``, and a gap ``x_k − x_j > 2α``; the minimizers are ``[x_j + α, x_k − α]``.
+    Decided on the order statistics, not on ``|y − x_i| ≤ α`` at a root (a root found on the
+    interval's end has a boundary "inlier" and would hide the interval)."""
+    n = x.size
+    if n % 2:
+        return None
+    s = np.sort(x)
+    xj, xk = float(s[n // 2 - 1]), float(s[n // 2])
+    return (xj, xk) if xk - xj > 2 * alpha else None
+
+
+def _huber_midpoint(x, xj, xk):
+    """D_x of the midpoint ``(x_j + x_k)/2`` of Huber's interval of minimizers (½ split over ties
+    at each end)."""
+    wj = (x == xj).astype(float)
+    wk = (x == xk).astype(float)
+    return 0.5 * wj / wj.sum() + 0.5 * wk / wk.sum()
 
 
 def _check_input(x, alpha):
@@ -238,12 +253,14 @@ class RobustPoolNode(_Base):
         """(D_x y as (n,), dy/dα as float) at the solution y."""
         x = _check_input(x, self.alpha)
         y = float(np.ravel(y)[0])
+        if self.penalty == "huber":
+            gap = _huber_gap(x, self.alpha)
+            if gap is not None:  # interval of minimizers; y is its midpoint
+                return _huber_midpoint(x, *gap), 0.0
         _, d2, d2a = _derivs(y - x, self.penalty, self.alpha)
         H = d2.sum()  # H = D²_YY f = Σ φ''
         if H > 0:
             return d2 / H, -d2a.sum() / H  # Dy = −H⁻¹ B with B_i = −φ''(y − x_i)
-        if self.penalty == "huber":  # interval of minimizers; y is its midpoint
-            return _huber_midpoint(x, y, self.alpha)[1], 0.0
         if self.penalty == "truncated-quadratic":  # flat: y stayed at the mean
             return np.full(x.size, 1.0 / x.size), 0.0
         import warnings

@@ -307,20 +307,29 @@ static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H)
     int st = newton_bracket<T, P>(x, n, a, mean, mn, mx, y, H);
     if (P == HUBER) {
       // H = #inliers at the final y (φ'' is piecewise constant: count it where y ended up, as
-      // the last Newton step may have crossed a kink); no inlier → the interval's midpoint
-      T cnt = 0, xj = -std::numeric_limits<T>::infinity(), xk = std::numeric_limits<T>::infinity();
+      // the last Newton step may have crossed a kink). The minimizers form an interval exactly
+      // when n is even and the middle order statistics x_j, x_k (here: the neighbours of y) are
+      // more than 2α apart with n/2 points at or below x_j; then return its midpoint, H = 0.
+      // (Decided on order statistics: Newton stops on the interval's end, where |y − x_k| = α
+      // counts x_k as an inlier and would hide the interval.)
+      const T inf = std::numeric_limits<T>::infinity();
+      T cnt = 0, xj = -inf, xk = inf;
       const T yy = y;
 #pragma omp simd reduction(+ : cnt) reduction(max : xj) reduction(min : xk)
       for (int64_t i = 0; i < n; ++i) {
         T z = yy - x[i];
         cnt += std::abs(z) <= a ? T(1) : T(0);
-        T cj = z > a ? x[i] : -std::numeric_limits<T>::infinity();
-        T ck = z < -a ? x[i] : std::numeric_limits<T>::infinity();
+        T cj = x[i] <= yy ? x[i] : -inf;
+        T ck = x[i] > yy ? x[i] : inf;
         xj = cj > xj ? cj : xj;
         xk = ck < xk ? ck : xk;
       }
       H = cnt;
-      if (cnt == 0) y = T(0.5) * (xj + xk);  // midpoint of the interval of minimizers
+      if (n % 2 == 0 && xk - xj > 2 * a) {
+        int64_t below, le;
+        count_lt_le(x, n, xj, below, le);
+        if (2 * le == n) { y = T(0.5) * (xj + xk); H = 0; }
+      }
     }
     return st;
   } else {
@@ -408,23 +417,19 @@ static int pool_back_row(const T* x, int64_t n, T y, T a, T H, T v, T* gx, T& ga
     return 0;
   }
   if constexpr (P == HUBER) {  // y is the midpoint of the interval of minimizers
+    // x_j, x_k: the neighbours of y (the middle order statistics, see pool_row)
     T xj = -std::numeric_limits<T>::infinity(), xk = std::numeric_limits<T>::infinity();
     for (int64_t i = 0; i < n; ++i) {
-      T z = y - x[i];
-      if (z > a) xj = std::max(xj, x[i]);
-      if (z < -a) xk = std::min(xk, x[i]);
+      if (x[i] <= y) xj = std::max(xj, x[i]);
+      if (x[i] > y) xk = std::min(xk, x[i]);
     }
     T cj = 0, ck = 0;
     for (int64_t i = 0; i < n; ++i) {
-      T z = y - x[i];
-      cj += (z > a && x[i] == xj) ? T(1) : T(0);
-      ck += (z < -a && x[i] == xk) ? T(1) : T(0);
+      cj += x[i] == xj ? T(1) : T(0);
+      ck += x[i] == xk ? T(1) : T(0);
     }
-    for (int64_t i = 0; i < n; ++i) {
-      T z = y - x[i];
-      gx[i] = (z > a && x[i] == xj) ? T(0.5) * v / cj
-                                    : ((z < -a && x[i] == xk) ? T(0.5) * v / ck : T(0));
-    }
+    for (int64_t i = 0; i < n; ++i)
+      gx[i] = x[i] == xj ? T(0.5) * v / cj : (x[i] == xk ? T(0.5) * v / ck : T(0));
     return 0;
   }
   if constexpr (P == TRUNC) {  // flat objective, y stayed at the mean

@@ -23,9 +23,10 @@ Solvers (rows in parallel, reaching ``g(y) ≈ 0`` to the dtype's precision in a
 
 Degenerate points (``H = Σφ'' = 0``), handled explicitly:
 
-* Huber with no inlier: the minimizers form an interval; we return its midpoint ``(x_j + x_k)/2``
-  (``x_j`` largest point below ``y − α``, ``x_k`` smallest above ``y + α``), whose derivative is
-  ``½(e_j + e_k)`` (split over ties) and ``dy/dα = 0``;
+* Huber with no inlier: the minimizers form an interval exactly when n is even and the middle
+  order statistics ``x_j = sort(x)[n/2 − 1]``, ``x_k = sort(x)[n/2]`` are more than 2α apart; we
+  return its midpoint ``(x_j + x_k)/2``, whose derivative is ``½(e_j + e_k)`` (split over ties)
+  and ``dy/dα = 0``;
 * truncated quadratic with no inlier: the objective is flat, ``y`` stays at the mean, gradient
   ``1/n`` (cannot win over the median start, which always has an inlier);
 * otherwise (pseudo-Huber underflow, Welsch at a flat point): zero gradient and a ``DDNWarning``.
@@ -206,16 +207,19 @@ def _tq_local(x, y, a):
     return y, done
 
 
-def _huber_fixup(x, y, a):
-    """Move rows with no inlier to the midpoint of Huber's interval of minimizers."""
-    z = y[:, None] - x
-    flat = ~(z.abs() <= a).any(-1)
-    if bool(flat.any()):
-        inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
-        xj = torch.where(z > a, x, -inf).amax(-1)   # largest point below y − α
-        xk = torch.where(z < -a, x, inf).amin(-1)   # smallest point above y + α
-        y = torch.where(flat, 0.5 * (xj + xk), y)
-    return y
+def _huber_gap(x, a):
+    """Rows whose Huber minimizers form an interval of positive length: n even and the middle
+    order statistics ``x_j = sort(x)[n/2 − 1]``, ``x_k = sort(x)[n/2]`` more than 2α apart (every
+    point an outlier, g = α(#below − #above) = 0 on ``[x_j + α, x_k − α]``). Decided on the order
+    statistics, not on ``|y − x_i| ≤ α`` at the root (Newton lands on the interval's end, where a
+    boundary point counts as an inlier and hides the interval). -> (flat (B,), x_j, x_k) or None."""
+    n = x.shape[-1]
+    if n % 2:
+        return None
+    s = x.sort(-1).values
+    xj, xk = s[:, n // 2 - 1], s[:, n // 2]
+    flat = xk - xj > 2 * a.squeeze(-1)
+    return (flat, xj, xk) if bool(flat.any()) else None
 
 
 def _solve_eager(x, pen, a):
@@ -227,7 +231,10 @@ def _solve_eager(x, pen, a):
     if pen in ("pseudo-huber", "huber"):
         y, ok = _newton_bracket(x, mean, pen, a, eps)
         if pen == "huber":
-            y = _huber_fixup(x, y, a)
+            gap = _huber_gap(x, a)
+            if gap is not None:  # the midpoint of the interval of minimizers
+                flat, xj, xk = gap
+                y = torch.where(flat, 0.5 * (xj + xk), y)
         return y, ok
     median = x.median(-1).values  # the lower median
     if pen == "welsch":
@@ -252,19 +259,20 @@ def _weights_eager(x, y, pen, a, need_alpha):
         da = torch.where(pos, -_d1_dalpha(z, pen, a).sum(-1, keepdim=True) / torch.where(pos, H, 1),
                          0).squeeze(-1)
     nbad = 0
+    if pen == "huber":
+        gap = _huber_gap(x, a)
+        if gap is not None:  # y is the midpoint (x_j + x_k)/2: Dy = ½(e_j + e_k), split over ties
+            flat, xj, xk = (t[:, None] for t in gap)
+            wj = (x == xj).to(x.dtype)
+            wk = (x == xk).to(x.dtype)
+            wmid = 0.5 * wj / wj.sum(-1, keepdim=True) + 0.5 * wk / wk.sum(-1, keepdim=True)
+            w = torch.where(flat, wmid, w)
+            if need_alpha:
+                da = torch.where(flat.squeeze(-1), 0, da)
+            pos = pos | flat
     if not bool(pos.all()):
         bad = ~pos  # (B, 1)
-        if pen == "huber":
-            inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
-            left, right = z > a, z < -a
-            xj = torch.where(left, x, -inf).amax(-1, keepdim=True)
-            xk = torch.where(right, x, inf).amin(-1, keepdim=True)
-            wj = (left & (x == xj)).to(x.dtype)
-            wk = (right & (x == xk)).to(x.dtype)
-            wmid = 0.5 * wj / wj.sum(-1, keepdim=True).clamp_min(1) + \
-                0.5 * wk / wk.sum(-1, keepdim=True).clamp_min(1)
-            w = torch.where(bad, wmid, w)
-        elif pen == "truncated-quadratic":
+        if pen == "truncated-quadratic":
             w = torch.where(bad, torch.full_like(w, 1.0 / x.shape[-1]), w)
         else:
             w = torch.where(bad, 0, w)

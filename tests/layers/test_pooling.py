@@ -41,6 +41,8 @@ def clustered(rng, n=12, outliers=3):
 def away_from_kinks(x, pen, alpha, margin=1e-3):
     if pen not in ("huber", "truncated-quadratic"):
         return True
+    if pen == "huber" and R.pooling._huber_gap(x, alpha) is not None:
+        return False  # H = 0 on an interval of minimizers: Prop. 4.4 does not apply
     y = R.robust_pool(x, pen, alpha)
     return np.abs(np.abs(y - x) - alpha).min() > margin
 
@@ -373,3 +375,53 @@ def test_random_rows_with_ties_and_exact_kinks(backend):
             else:
                 assert y == pytest.approx(yr, abs=1e-8)
             assert torch.isfinite(g).all() and float(g.sum()) == pytest.approx(1.0, abs=1e-8)
+
+
+# Found by audit: Newton (and brentq) stop on an END of Huber's interval of minimizers, where the
+# boundary point |y − x_k| = α counted as an inlier, so the interval went undetected: the torch
+# floor returned the end (gradient e_k instead of ½(e_j + e_k)) and the reference's midpoint,
+# taken with strict inequalities, skipped x_k and returned a point that is not a minimizer.
+HUBER_INTERVAL_ROWS = [
+    [-2.3072335439602174, -5.004601878925627, 1.7511155091951478, -5.3451298036428705],
+    [2.203573706383574, -0.5266566973695417, -0.6932584355994913, 4.760631060677068],
+    [-2.0277605988175003, 1.3273570418860667, -1.3061449449673697, 2.7590849962443476],
+    [0.0, 3.0, 3.0, 7.0, 9.0, 9.0],  # interval (3, 7) − α with ties at the upper end
+]
+
+
+def test_huber_interval_found_on_its_end_returns_midpoint(backend):
+    alpha = 1.3
+    for row in HUBER_INTERVAL_ROWS:
+        xs = np.sort(row)
+        mid = 0.5 * (xs[len(row) // 2 - 1] + xs[len(row) // 2])
+        yr = R.robust_pool(np.array(row), "huber", alpha)
+        assert yr == pytest.approx(mid, abs=1e-15)
+        # it is a minimizer (the old reference returned a point with a higher objective)
+        assert objective(np.array(row), yr, "huber", alpha) <= \
+            brute_force(np.array(row), "huber", alpha)[1] + 1e-9
+        x = torch.tensor([row], dtype=F64, requires_grad=True)
+        a = torch.tensor([alpha], dtype=F64, requires_grad=True)
+        y = T.robust_pool(x, "huber", a)
+        assert y.item() == pytest.approx(mid, abs=1e-15)
+        gx, ga = torch.autograd.grad(y, (x, a))
+        w = np.isin(row, [xs[len(row) // 2 - 1]]) / np.sum(np.isin(row, [xs[len(row) // 2 - 1]]))
+        w = 0.5 * w + 0.5 * np.isin(row, [xs[len(row) // 2]]) / np.sum(np.isin(row, [xs[len(row) // 2]]))
+        np.testing.assert_allclose(gx[0].numpy(), w, atol=1e-15)
+        np.testing.assert_allclose(R.RobustPoolNode("huber", alpha).jacobian(np.array(row))[0], w,
+                                   atol=1e-15)
+        assert ga.item() == 0.0
+        if len(set(row)) == len(row):  # no ties: differentiable, so finite differences agree
+            assert torch.autograd.gradcheck(lambda x: T.robust_pool(x, "huber", alpha), (x,))
+
+
+def test_huber_random_small_even_rows_match_reference_and_fd(backend):
+    """Random rows of n = 2, 4 (where the interval is common) against the reference and central
+    differences, kinks included (the audit found 19 wrong rows in 3000 here)."""
+    x = torch.randn(400, 4, dtype=F64) * 2
+    x2 = torch.randn(200, 2, dtype=F64) * 2
+    for xx in (x, x2):
+        y = T.robust_pool(xx, "huber", 1.3)
+        yr = np.array([R.robust_pool(r, "huber", 1.3) for r in xx.numpy()])
+        np.testing.assert_allclose(y.numpy(), yr, atol=1e-12, rtol=0)
+    xg = x[:40].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: T.robust_pool(z, "huber", 1.3), (xg,), atol=1e-7)
