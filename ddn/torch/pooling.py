@@ -49,6 +49,7 @@ __all__ = ["PENALTIES", "robust_pool", "RobustPool"]
 
 PENALTIES = ("quadratic", "pseudo-huber", "huber", "welsch", "truncated-quadratic")
 _MAX_ITER = 100
+_HALF = (torch.float16, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- penalties
@@ -332,7 +333,8 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
     """Robust pooling ``y = argmin_u Σ_i φ(u − x_i; α)`` over ``dim`` (see the module docstring).
 
     Args:
-        x: tensor of any shape, float32 or float64, CPU or CUDA; ``x.shape[dim] ≥ 1``.
+        x: tensor of any shape, float32 or float64, CPU or CUDA; ``x.shape[dim] ≥ 1``. float16 and
+            bfloat16 are solved in float32 and the result rounded back (gradients flow through).
         penalty: ``"quadratic"``, ``"pseudo-huber"``, ``"huber"``, ``"welsch"`` or
             ``"truncated-quadratic"``.
         alpha: α > 0, a float or a tensor broadcastable to the output shape (or to ``x`` with
@@ -351,6 +353,8 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
         raise DDNError("robust_pool expects a floating-point tensor x")
     if x.dim() == 0:
         raise DDNError("robust_pool needs at least one dimension to pool over")
+    if x.dtype in _HALF:  # the solver's tolerances need float32 at least: upcast, round the result
+        return robust_pool(x.float(), penalty, alpha, dim, keepdim).to(x.dtype)
     dim = dim % x.dim()
     n = x.shape[dim]
     if n == 0:

@@ -188,6 +188,8 @@ def _project(x, p, radius, dim, kind, masked):
         raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}")
     if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() == 0:
         raise DDNError("projection expects a floating-point tensor x with at least one dim")
+    if x.dtype in (torch.float16, torch.bfloat16):  # thresholds need float32: upcast, round back
+        return _project(x.float(), p, radius, dim, kind, masked).to(x.dtype)
     dim = dim % x.dim()
     n = x.shape[dim]
     if n == 0:
@@ -219,7 +221,8 @@ def project_sphere(x, p=2, radius=1.0, dim=-1, masked=True):
     """Nearest point on ``{‖u‖_p = radius}`` to each slice of ``x`` along ``dim``.
 
     Args:
-        x: tensor, any shape, float32/float64, CPU or CUDA.
+        x: tensor, any shape, float32/float64, CPU or CUDA (float16/bfloat16 are computed in
+            float32 and rounded back).
         p: 1, 2 or ``float("inf")``.
         radius: r > 0, float or tensor broadcastable to ``x`` without ``dim`` or with
             ``shape[dim] = 1`` (a tensor that requires grad receives ``∂L/∂r``).

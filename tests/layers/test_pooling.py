@@ -425,3 +425,18 @@ def test_huber_random_small_even_rows_match_reference_and_fd(backend):
         np.testing.assert_allclose(y.numpy(), yr, atol=1e-12, rtol=0)
     xg = x[:40].clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda z: T.robust_pool(z, "huber", 1.3), (xg,), atol=1e-7)
+
+
+@pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16])
+def test_half_precision_is_solved_in_float32(dt, backend):
+    """Found by audit: half inputs ran the eager solver at eps ≈ 1e-3 (the kernel refuses them);
+    now they are upcast, so the result is the float32 answer rounded, gradients in x's dtype."""
+    x = torch.randn(5, 9).to(dt)
+    for pen in PENALTIES:
+        xx = x.clone().requires_grad_(True)
+        y = T.robust_pool(xx, pen, 0.8)
+        assert y.dtype == dt
+        assert torch.equal(y, T.robust_pool(x.float(), pen, 0.8).to(dt))
+        y.sum().backward()
+        assert xx.grad.dtype == dt
+        assert torch.isfinite(xx.grad.float()).all()

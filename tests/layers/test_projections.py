@@ -1,5 +1,7 @@
 """Lp sphere/ball and simplex projections on both floors: optimality, gradients vs finite
 differences and closed forms, torch vs reference, vs the generic node, bad input, shapes, CUDA."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -330,3 +332,16 @@ def test_cuda_matches_cpu(p, kind):
         outs.append([t.cpu() for t in (y, *g)])
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16])
+def test_half_precision_is_projected_in_float32(dt, backend):
+    """Found by audit: bfloat16 p = 1 rows warned of lost accuracy (the threshold ran in bfloat16)."""
+    x = (torch.randn(6, 40) * 3).to(dt)
+    for p in (1, 2, INF):
+        for fn in (T.project_sphere, T.project_ball):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                y = fn(x, p, 1.5)
+            assert y.dtype == dt
+            assert torch.equal(y, fn(x.float(), p, 1.5).to(dt))
