@@ -112,7 +112,7 @@ class DeclarativeNode:
         if self.output_shape is None:
             raise DDNError(f"{type(self).__name__}: the default solver needs output_shape=... in the "
                            "constructor, or an initial_guess(*xs) method, or your own solve(*xs)")
-        x0 = xs[0]
+        x0 = next((x for x in xs if x.is_floating_point()), xs[0])  # dtype of the first float input
         return torch.zeros(x0.shape[0], *self.output_shape, dtype=x0.dtype, device=x0.device)
 
     def solve(self, *xs):
@@ -135,6 +135,9 @@ class DeclarativeNode:
         """``vᵀ Dy(x)`` for every input (a tuple, one ``(b, ...)`` tensor per floating input)."""
         if y is None:
             y, ctx = self._solve_checked(xs)
+        if not torch.is_tensor(v) or v.shape[0] != y.shape[0] or v[0].numel() != y[0].numel():
+            raise DDNError(f"vjp: v must have y's shape {tuple(y.shape)} (one incoming gradient per "
+                           f"entry of y), got {tuple(getattr(v, 'shape', ()))}")
         xs_r = tuple(x.detach().requires_grad_(x.is_floating_point()) for x in xs)
         grads, _ = self._backward(xs_r, y, ctx, v, linear_solver=linear_solver)
         return grads
@@ -216,6 +219,13 @@ class DeclarativeNode:
         if b is None or any(x.dim() == 0 or x.shape[0] != b for x in xs):
             raise DDNError(f"inputs must share the batch size on dim 0, got shapes "
                            f"{[tuple(x.shape) for x in xs]}")
+        if b == 0:
+            raise DDNError(f"{type(self).__name__}: empty batch (inputs of shapes "
+                           f"{[tuple(x.shape) for x in xs]}); skip the layer for an empty batch")
+        if not any(x.is_floating_point() for x in xs):
+            raise DDNError(f"{type(self).__name__}: no floating-point input (dtypes "
+                           f"{[str(x.dtype) for x in xs]}); y and its gradient need a float dtype. "
+                           "Remedy: cast the input, e.g. x.double() or x.float()")
         bad = torch.zeros(b, dtype=torch.bool, device=xs[0].device)
         for x in xs:
             if x.is_floating_point():

@@ -1,0 +1,144 @@
+"""Regression tests from the adversarial audit of the generic torch nodes: problems outside the
+main table (several inputs of different shapes, y with trailing dims, constraints that depend on
+x, per-element active sets with the default solver, batch size 1), bad input that must be a
+DDNError, and the batched-LU trap simulated deterministically."""
+import numpy as np
+import pytest
+import torch
+
+import ddn
+from ddn import DDNError
+from ddn.torch import (DeclarativeLayer, DeclarativeNode, EqConstrainedNode, IneqConstrainedNode)
+from ddn.torch import _linalg
+
+D = torch.float64
+
+
+class TwoShapes(DeclarativeNode):
+    """x (b, 2, 3), w (b, 4) -> y (b, 2, 3); couples rows of y and scales by w (no symmetry)."""
+
+    def objective(self, x, w, y):
+        s = w.sum(-1)[:, None, None]
+        a = 1 + w[:, :1, None] ** 2
+        return (0.5 * a * y ** 2 - s * x * y + 0.1 * y ** 4).flatten(1).sum(-1) \
+            + 0.3 * (y[:, 0] * y[:, 1]).sum(-1)
+
+
+def test_several_inputs_of_different_shapes_and_trailing_y_gradcheck():
+    x = torch.randn(3, 2, 3, dtype=D, requires_grad=True)
+    w = torch.randn(3, 4, dtype=D, requires_grad=True)
+    for solver in ("dense", "cg"):
+        layer = DeclarativeLayer(TwoShapes((2, 3), linear_solver=solver))
+        assert layer(x, w).shape == (3, 2, 3)
+        assert torch.autograd.gradcheck(lambda a, b: layer(a, b), (x, w), eps=1e-6, atol=1e-7,
+                                        rtol=1e-6)
+
+
+class MovingSphere(EqConstrainedNode):
+    """min ‖y − x‖² + 0.3 y₀y₁ s.t. ‖y‖² = 1 + x₀², y₂ = x₁ y₀ (both constraints move with x)."""
+
+    def objective(self, x, y):
+        return ((y - x) ** 2).sum(-1) + 0.3 * y[:, 0] * y[:, 1]
+
+    def equality_constraints(self, x, y):
+        return torch.stack([(y * y).sum(-1) - (1 + x[:, 0] ** 2), y[:, 2] - x[:, 1] * y[:, 0]], -1)
+
+    def initial_guess(self, x):
+        return x / x.norm(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_equality_constraints_that_depend_on_x_gradcheck(b):
+    x = torch.randn(b, 4, dtype=D, requires_grad=True)
+    for solver in ("dense", "cg"):
+        layer = DeclarativeLayer(MovingSphere(4, linear_solver=solver))
+        assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+class MixedDefault(IneqConstrainedNode):
+    """Σy = 1 and three inequalities (one moving with x), solved by the default solver."""
+
+    def objective(self, x, y):
+        return 0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y[:, 0] - y[:, 1]) ** 2
+
+    def equality_constraints(self, x, y):
+        return y.sum(-1) - 1.0
+
+    def inequality_constraints(self, x, y):
+        return torch.stack([y[:, 0] - 0.5, -y[:, 1] - x[:, 2] ** 2, y[:, 2] ** 2 - 1.0], -1)
+
+
+def test_mixed_constraints_with_per_element_active_sets_default_solver():
+    x = torch.tensor([[2.0, 0.1, 0.3], [0.0, 0.5, 0.2], [1.0, -3.0, 0.4], [0.1, 0.2, 3.0]], dtype=D)
+    node = MixedDefault(3)
+    _, ctx = node.solve(x)
+    # four different active sets in one batch (the point of the test)
+    assert ctx["active"].tolist() == [[True, False, False], [False, False, False],
+                                      [True, True, False], [False, False, True]]
+    xr = x.clone().requires_grad_()
+    assert torch.autograd.gradcheck(DeclarativeLayer(node), (xr,), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_bad_inputs_are_named():
+    class Q(DeclarativeNode):
+        def objective(self, x, y):
+            return (0.5 * y ** 2 - x * y + 0.1 * y ** 4).sum(-1)
+
+    layer = DeclarativeLayer(Q(3))
+    with pytest.raises(DDNError, match="floating-point"):
+        layer(torch.ones(2, 3, dtype=torch.int64))
+    with pytest.raises(DDNError, match="empty batch"):
+        layer(torch.ones(0, 3, dtype=D))
+    with pytest.raises(DDNError, match="v must have y's shape"):
+        Q(3).vjp(torch.randn(2, 3, dtype=D), v=torch.ones(2, 4, dtype=D))
+    # an integer input next to a float one is fine: y takes the float input's dtype
+    class Scaled(DeclarativeNode):
+        def objective(self, k, x, y):
+            return (0.5 * y ** 2 - k * x * y).sum(-1)
+
+    k = torch.tensor([[1], [2]])
+    x = torch.randn(2, 3, dtype=D, requires_grad=True)
+    y = DeclarativeLayer(Scaled(3))(k, x)
+    assert y.dtype == D
+    torch.testing.assert_close(y, k * x.detach(), atol=1e-10, rtol=0)
+
+
+def _corrupt_batched_lu(monkeypatch):
+    """Simulate the batched-LU trap: batched solve_ex returns garbage; unbatched stays right."""
+    real = torch.linalg.solve_ex
+
+    def bad(A, B, *a, **k):
+        out = real(A, B, *a, **k)
+        if A.dim() == 3:
+            return (out[0] + 1.0, out[1])
+        return out
+
+    monkeypatch.setattr(torch.linalg, "solve_ex", bad)
+
+
+def test_lu_trap_is_caught_by_the_residual_check(monkeypatch):
+    torch.manual_seed(0)
+    A = torch.randn(32, 6, 6, dtype=D)
+    K = A + A.mT  # symmetric indefinite: LU path
+    r = torch.randn(32, 6, dtype=D)
+    expect = torch.tensor(np.linalg.solve(K.numpy(), r.numpy()[..., None])[..., 0])
+    _corrupt_batched_lu(monkeypatch)
+    w, info = _linalg.solve_dense(K, r)
+    assert not info["pd"].any()
+    torch.testing.assert_close(w, expect, atol=1e-9, rtol=1e-9)
+    assert not info["singular"].any()
+
+
+def test_lu_trap_in_a_kkt_layer_under_two_threads(monkeypatch):
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(40, 4, dtype=D, requires_grad=True)
+        layer = DeclarativeLayer(MovingSphere(4))
+        v = torch.randn(40, 4, dtype=D)
+        (g_ok,) = torch.autograd.grad((layer(x) * v).sum(), x)
+        _corrupt_batched_lu(monkeypatch)
+        (g_trap,) = torch.autograd.grad((layer(x) * v).sum(), x)
+        torch.testing.assert_close(g_trap, g_ok, atol=1e-10, rtol=1e-10)
+    finally:
+        torch.set_num_threads(old)
