@@ -413,7 +413,23 @@ class DeclarativeNode:
     # -- backward ------------------------------------------------------------------------------
     def jacobian(self, x, y=None, ctx=None):
         """Dy(x), (m, n), by this node's proposition (solves first when y is None)."""
-        return self._jacobian_rule(self.optimality(x, y, ctx))
+        return self._jacobian_rule(self._checked_optimality(x, y, ctx))
+
+    # Unconstrained nodes: D_Y f(x, y) = 0 must hold at the y given to the backward pass, else
+    # −H⁻¹B is not the gradient of y (same threshold as ddn.torch and ddn.check). Constrained
+    # nodes are not checked here: at non-smooth constraints (Lp spheres, p = 1, ∞) the smooth KKT
+    # residual is legitimately large; ddn.check reports it.
+    residual_tol = 1e-6
+
+    def _checked_optimality(self, x, y, ctx):
+        opt = self.optimality(x, y, ctx)
+        if not isinstance(self, EqConstrainedNode) and not opt.residual <= self.residual_tol:
+            warnings.warn(
+                f"{type(self).__name__}: ‖D_Y f(x, y)‖∞ = {opt.residual:.2e} > residual_tol = "
+                f"{self.residual_tol:g}: y is not a stationary point, so −H⁻¹B is not Dy. Solve "
+                "more accurately, or pass the y returned by solve (or raise node.residual_tol).",
+                DDNWarning, stacklevel=3)
+        return opt
 
     def _jacobian_rule(self, opt):
         return prop_4_4_jacobian(opt.H, opt.B(), singular=self.singular,
@@ -422,7 +438,7 @@ class DeclarativeNode:
     def vjp(self, x, v, y=None, ctx=None):
         """vᵀ Dy(x), (n,), by :func:`implicit_vjp` (one solve with H, one VJP in x)."""
         v = _check_vector(v, self.m, "v")
-        opt = self.optimality(x, y, ctx)
+        opt = self._checked_optimality(x, y, ctx)
         return implicit_vjp(v, opt.H, opt.pullback, opt.A, singular=self.singular,
                             proximal_delta=self.proximal_delta,
                             nonregular=self.nonregular)

@@ -1,0 +1,50 @@
+"""Regression tests from the adversarial audit of the reference floor."""
+import autograd.numpy as anp
+import numpy as np
+import pytest
+
+from ddn import DDNWarning
+from ddn.check import finite_difference_jacobian
+from ddn.reference import DeclarativeNode, EqConstrainedNode
+
+
+class Shifted(DeclarativeNode):
+    """f = ½‖y‖² − xᵀy, y = x; solve returns a wrong y (x + 0.1): not a stationary point."""
+
+    def objective(self, x, y):
+        return anp.sum(0.5 * y ** 2 - x * y)
+
+    def solve(self, x):
+        return x + 0.1, {}
+
+
+def test_non_stationary_y_is_named_in_jacobian_and_vjp():
+    node = Shifted(2, 2)
+    with pytest.warns(DDNWarning, match="not a stationary point"):
+        node.jacobian(np.ones(2))
+    with pytest.warns(DDNWarning, match="not a stationary point"):
+        node.vjp(np.ones(2), np.ones(2))
+
+
+class MovingSphere(EqConstrainedNode):
+    """min ‖y − x‖² + 0.3 y₀y₁ s.t. ‖y‖² = 1 + x₀², y₂ = x₁ y₀ (constraints move with x)."""
+
+    def objective(self, x, y):
+        return anp.sum((y - x) ** 2) + 0.3 * y[0] * y[1]
+
+    def equality_constraints(self, x, y):
+        return anp.array([anp.sum(y ** 2) - (1 + x[0] ** 2), y[2] - x[1] * y[0]])
+
+    def initial_guess(self, x):
+        return x / np.linalg.norm(x)
+
+
+@pytest.mark.parametrize("solver", ["dense", "minres"])
+def test_x_dependent_constraints_match_finite_differences(solver):
+    node = MovingSphere(4, 4, linear_solver=solver)
+    x = np.array([0.3, -0.5, 0.8, 0.2])
+    J = node.jacobian(x)
+    Jfd = finite_difference_jacobian(lambda z: node.solve(z)[0], x, eps=1e-6)
+    np.testing.assert_allclose(J, Jfd, atol=1e-8)
+    v = np.random.default_rng(0).standard_normal(4)
+    np.testing.assert_allclose(node.vjp(x, v), v @ Jfd, atol=1e-8)
