@@ -6,7 +6,8 @@
 // are exactly those of the eager torch code (the oracle) — see the docstrings there.
 //
 // Status codes per row: 0 ok, 1 not converged / degenerate, 2 NaN or Inf, 3 |x|/alpha too large,
-// 4 projection lost its accuracy to cancellation (|x| ≫ r for the dtype).
+// 4 projection lost its accuracy to cancellation (|x| ≫ r for the dtype); for projections 3 means
+// finite x whose sum overflowed (Python redoes those rows with the eager code).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -58,6 +59,15 @@ static inline bool finite_bits(float v) {
 }
 static inline bool finite_bits(double v) {
   return ((__builtin_bit_cast(uint64_t, v) >> 52) & 0x7ff) != 0x7ff;
+}
+
+// True when no element is NaN or ±Inf (a sum that overflowed does not say which it was).
+template <typename T>
+static inline bool all_finite(const T* x, int64_t n) {
+  int32_t bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) bad |= finite_bits(x[i]) ? 0 : 1;
+  return bad == 0;
 }
 
 // ---------------------------------------------------------------- robust pooling, forward
@@ -491,7 +501,7 @@ static int proj_row(const T* x, T* y, int64_t n, T r, int p, int kind, T& aux) {
   if (kind == 2) {  // simplex
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < n; ++i) acc += x[i];
-    if (!finite_bits(acc)) return 2;
+    if (!finite_bits(acc)) return all_finite(x, n) ? 3 : 2;  // 3: finite, but Σx overflowed
     // shift by max x (τ is translation-equivariant): b_i − τ_b keeps r even when |x| ≫ r
     T mx = x[0];
 #pragma omp simd reduction(max : mx)
@@ -547,7 +557,7 @@ static int proj_row(const T* x, T* y, int64_t n, T r, int p, int kind, T& aux) {
     T s = 0;
 #pragma omp simd reduction(+ : acc, s)
     for (int64_t i = 0; i < n; ++i) { acc += std::abs(x[i]); s += x[i]; }
-    if (!finite_bits(s) || !finite_bits(acc)) return 2;
+    if (!finite_bits(s) || !finite_bits(acc)) return all_finite(x, n) ? 3 : 2;  // 3: Σ|x| overflowed
     if (acc > r) {
       // τ on b = |x| − max|x| (translation-equivariant; keeps r even when |x| ≫ r)
       T am = 0, tb = 0;
@@ -583,7 +593,7 @@ static int proj_row(const T* x, T* y, int64_t n, T r, int p, int kind, T& aux) {
   T s = 0;
 #pragma omp simd reduction(max : m) reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) { m = std::max(m, std::abs(x[i])); s += x[i]; }
-  if (!finite_bits(s)) return 2;
+  if (!finite_bits(s) && !all_finite(x, n)) return 2;  // (Σx may overflow for finite x: fine)
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] > r ? r : (x[i] < -r ? -r : x[i]);
   aux = kind == 1 ? (m > r ? T(1) : T(0)) : T(1);

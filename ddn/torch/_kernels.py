@@ -169,7 +169,8 @@ def _pcode(p):
 
 
 def proj_forward(x, r, p, kind):
-    """x (B, n), r (B,) -> (y (B, n), aux (B,), number of rows that lost accuracy) as
+    """x (B, n), r (B,) -> (y (B, n), aux (B,), number of rows that lost accuracy, rows (B,) bool
+    whose sums overflowed the dtype (finite x; the caller redoes them eagerly)) as
     ``projections._forward_eager``."""
     B, n = x.shape
     r = r.detach().contiguous()
@@ -178,8 +179,9 @@ def proj_forward(x, r, p, kind):
     st = torch.empty(B, dtype=torch.int8)
     _run(getattr(lib(), f"proj_forward_{_sfx(x)}"),
          (_ptr(x), _ptr(r), _ptr(y), _ptr(aux), _ptr(st), n, _pcode(p), _KIND[kind]), B, n)
-    _raise_status(st, "the projection")
-    return y, aux, int((st == 4).sum())
+    if bool((st == 2).any()):
+        _raise_status(st, "the projection")
+    return y, aux, int((st == 4).sum()), st == 3
 
 
 def proj_backward(v, y, r, aux, p, kind, masked):

@@ -154,7 +154,11 @@ class _ProjectFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, r, p, kind, masked, use_kernel):
         if use_kernel:
-            y, aux, nlost = _kernels.proj_forward(x, r.contiguous(), p, kind)
+            y, aux, nlost, over = _kernels.proj_forward(x, r.contiguous(), p, kind)
+            if bool(over.any()):  # finite x whose Σ overflowed in the kernel: the eager code
+                ye, ae = _forward_eager(x[over], r[over], p, kind)  # works on shifted values
+                y[over], aux[over] = ye, ae
+                nlost += _count_lost(ye, r[over], ae, p, kind)
         else:
             y, aux = _forward_eager(x, r, p, kind)
             nlost = _count_lost(y, r, aux, p, kind)

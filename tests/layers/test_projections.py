@@ -345,3 +345,19 @@ def test_half_precision_is_projected_in_float32(dt, backend):
                 y = fn(x, p, 1.5)
             assert y.dtype == dt
             assert torch.equal(y, fn(x.float(), p, 1.5).to(dt))
+
+
+def test_huge_finite_float32_is_not_reported_as_nan(backend):
+    """Found by audit: the kernel took an overflowed Σx for NaN/Inf and raised 'x contains NaN or
+    Inf' on finite float32 rows near 3e38 (the eager code projects them correctly)."""
+    x = torch.tensor([[3e38, 3e38, -1.0, 3e38], [3e38, -3e38, 3e38, 2e38]])
+    for p in (1, INF):
+        for fn in (T.project_sphere, T.project_ball):
+            y = fn(x, p, 1.0)
+            assert torch.isfinite(y).all()
+            norm = y.abs().sum(-1) if p == 1 else y.abs().amax(-1)
+            torch.testing.assert_close(norm, torch.ones(2), atol=1e-6, rtol=0)
+    ys = T.project_simplex(x[:1])
+    torch.testing.assert_close(ys, torch.tensor([[1 / 3, 1 / 3, 0.0, 1 / 3]]))
+    with pytest.raises(DDNError, match="NaN or Inf"):
+        T.project_ball(torch.tensor([[3e38, 3e38, float("nan")]]), 1)
