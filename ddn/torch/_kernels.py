@@ -6,7 +6,8 @@ input once. The eager code in ``pooling.py`` / ``projections.py`` implements the
 and is the fallback and the test oracle.
 
 Build: ``g++ -O3 -march=native -fopenmp-simd`` (see ``_FLAGS``) (no torch headers, about a second), cached in
-``$DDN_KERNEL_CACHE`` or ``~/.cache/ddn/kernels/<hash of source, flags, compiler, CPU>``.
+``$DDN_KERNEL_CACHE`` or ``~/.cache/ddn/kernels/<hash of source, flags, compiler, CPU>`` (if that
+folder cannot be written, ``$TMPDIR/ddn-kernels-<uid>/...``).
 Threads: rows are split over ``torch.get_num_threads()`` Python threads (ctypes releases the
 GIL) when the input is large enough.
 
@@ -55,18 +56,17 @@ def _build():
     ver = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\n".join([src, " ".join(_FLAGS), ver, _cpu_id()]).encode()).hexdigest()[:16]
     root = Path(os.environ.get("DDN_KERNEL_CACHE", Path.home() / ".cache" / "ddn" / "kernels"))
-    so = root / key / "libddn_kernels.so"
-    if not so.exists():
-        so.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
-        os.close(fd)
+    # a read-only or unusable cache (e.g. a shared home) falls back to a per-user temp folder
+    fallback = Path(tempfile.gettempdir()) / f"ddn-kernels-{getattr(os, 'getuid', lambda: 0)()}"
+    for base in (root, fallback):
+        so = base / key / "libddn_kernels.so"
         try:
-            subprocess.run([cxx, *_FLAGS, str(_SRC), "-o", tmp], check=True, capture_output=True,
-                           text=True)
-            os.replace(tmp, so)  # atomic: concurrent builders race harmlessly
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            if not so.exists():
+                _compile(cxx, so)
+            break
+        except OSError:
+            if base == fallback:
+                raise
     lib = ctypes.CDLL(str(so))
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for s in ("f32", "f64"):
@@ -76,6 +76,19 @@ def _build():
         getattr(lib, f"proj_forward_{s}").argtypes = [p, p, p, p, p, i64, i32, i32, i64, i64]
         getattr(lib, f"proj_backward_{s}").argtypes = [p, p, p, p, p, p, i64, i32, i32, i32, i64, i64]
     return lib
+
+
+def _compile(cxx, so):
+    so.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
+    os.close(fd)
+    try:
+        subprocess.run([cxx, *_FLAGS, str(_SRC), "-o", tmp], check=True, capture_output=True,
+                       text=True)
+        os.replace(tmp, so)  # atomic: concurrent builders race harmlessly
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def lib():

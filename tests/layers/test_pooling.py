@@ -440,3 +440,36 @@ def test_half_precision_is_solved_in_float32(dt, backend):
         y.sum().backward()
         assert xx.grad.dtype == dt
         assert torch.isfinite(xx.grad.float()).all()
+
+
+def _fresh_kernel_state(monkeypatch):
+    monkeypatch.setattr(_kernels, "_state", {"lib": None, "tried": False, "pool": None,
+                                             "error": None})
+    monkeypatch.setattr(_kernels, "ENABLED", True)
+
+
+def test_kernel_missing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
+    """No compiler: one RuntimeWarning naming the cause, then the eager code (same answer)."""
+    x = torch.randn(3, 8, dtype=F64)
+    monkeypatch.setattr(_kernels, "ENABLED", False)
+    want = T.robust_pool(x, "welsch", 0.7)
+    _fresh_kernel_state(monkeypatch)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    monkeypatch.setenv("DDN_KERNEL_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(RuntimeWarning, match="no-such-g\\+\\+"):
+        y = T.robust_pool(x, "welsch", 0.7)
+    assert not _kernels.usable(x)
+    torch.testing.assert_close(y, want, atol=0, rtol=0)
+
+
+def test_kernel_unwritable_cache_uses_a_temp_folder(monkeypatch):
+    """Found by audit: an unwritable $DDN_KERNEL_CACHE (read-only shared home) disabled the
+    kernel; it now builds under $TMPDIR/ddn-kernels-<uid>."""
+    import shutil
+    if shutil.which(__import__("os").environ.get("CXX", "g++")) is None:
+        pytest.skip("no compiler")
+    _fresh_kernel_state(monkeypatch)
+    monkeypatch.setenv("DDN_KERNEL_CACHE", "/dev/null/not-a-folder")
+    assert _kernels.lib() is not None
+    x = torch.randn(3, 8, dtype=F64)
+    assert _kernels.usable(x)
