@@ -202,7 +202,10 @@ def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40
     with torch.no_grad():
         active = torch.zeros(b, q, dtype=torch.bool, device=y.device)
         if q:
-            active = (mu > 0) | (g(y) > -active_tol)
+            # Active: a positive AL multiplier, or g = 0 to the solver's accuracy. Not the looser
+            # active_tol: the polish below forces active constraints to g = 0, which would move y
+            # by up to active_tol (1e-3 in float32) for a constraint that is inactive at −5e-4.
+            active = (mu > 0) | (g(y) > -min(active_tol, 10 * tol))
     mask = torch.cat([torch.ones(b, p, dtype=torch.bool, device=y.device), active], -1)
 
     def lagr(zz):
@@ -218,7 +221,8 @@ def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40
         good = kinfo["converged"]
         if q:
             gp = g(y_pol)
-            good = good & ((gp <= active_tol) | ~active).all(-1) & ((lam_pol[:, p:] <= active_tol) | ~active).all(-1)
+            # feasible for every constraint (an inactive one must not be crossed by the polish)
+            good = good & (gp <= active_tol).all(-1) & ((lam_pol[:, p:] <= active_tol) | ~active).all(-1)
         y = torch.where(good.unsqueeze(-1), y_pol, y)
         lam = torch.where(good.unsqueeze(-1), lam_pol, lam0)
     return y, lam, active, {"converged": good | inner_ok & (viol <= 10 * tol)}

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import ddn
 from ddn import DDNError
 from ddn.torch import (DeclarativeLayer, DeclarativeNode, EqConstrainedNode, IneqConstrainedNode)
 from ddn.torch import _linalg
@@ -142,3 +141,24 @@ def test_lu_trap_in_a_kkt_layer_under_two_threads(monkeypatch):
         torch.testing.assert_close(g_trap, g_ok, atol=1e-10, rtol=1e-10)
     finally:
         torch.set_num_threads(old)
+
+
+class Cap(IneqConstrainedNode):
+    """y = argmin ½‖u − x‖² s.t. u₀ ≤ 1, i.e. u₀ = min(x₀, 1)."""
+
+    def objective(self, x, y):
+        return 0.5 * ((y - x) ** 2).sum(-1)
+
+    def inequality_constraints(self, x, y):
+        return y[:, 0] - 1.0
+
+
+@pytest.mark.parametrize("dtype,gap", [(torch.float64, 5e-7), (torch.float32, 5e-4)])
+def test_default_solver_does_not_pull_a_nearly_active_constraint_onto_g_0(dtype, gap):
+    # x₀ = 1 − gap is inside (g = −gap) but within active_tol (1e-6 / 1e-3): the polish used to
+    # force g = 0, moving y by `gap` and zeroing its gradient (silently; true dy₀/dx₀ = 1).
+    x = torch.tensor([[1.0 - gap, 0.3], [3.0, 0.1]], dtype=dtype, requires_grad=True)
+    y = DeclarativeLayer(Cap(2))(x)
+    torch.testing.assert_close(y[0], x[0].detach(), atol=10 * torch.finfo(dtype).eps, rtol=0)
+    (g,) = torch.autograd.grad(y[:, 0].sum(), x)
+    torch.testing.assert_close(g, torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=dtype))
