@@ -16,7 +16,9 @@ Solvers (deterministic; the torch floor follows the same rules):
   order statistics ``x_j = sort(x)[n/2 − 1]``, ``x_k = sort(x)[n/2]`` are more than ``2α`` apart
   (no inlier); we return its **midpoint** ``(x_j + x_k)/2``. That choice is itself differentiable: ``Dy = ½(e_j + e_k)``, ``dy/dα = 0``.
 * Welsch, truncated quadratic (non-convex): the paper's protocol — a local solve from the mean and
-  from the (lower) median ``sort(x)[(n−1)//2]``, keeping the lower objective (ties keep the mean's).
+  from the (lower) median ``sort(x)[(n−1)//2]``, keeping the lower objective; objectives equal to rounding (``|f₁ − f₂| ≤ 8 ε n`` in units
+  of φ's ceiling, e.g. symmetric data such as n = 2 far-apart points) keep the **smaller** y, so
+  the choice does not depend on rounding.
   Welsch: Newton steps accepted only when they descend, else the majorize–minimize (IRLS) step
   ``y ← Σ w_i x_i / Σ w_i``, doubled while the objective keeps dropping. Truncated quadratic: the
   MM step ``y ← mean{x_i : |y − x_i| < α}`` to its fixed point (finite). If no point is an inlier the objective is flat and ``y`` stays put, so
@@ -164,7 +166,14 @@ def _solve(x, name, alpha):
         import warnings
         warnings.warn(f"robust_pool({name!r}): local solver did not converge; returning the last "
                       "iterate", DDNWarning, stacklevel=3)
-    return y2 if _objective(x, y2, name, alpha) < _objective(x, y1, name, alpha) else y1
+    f1, f2 = _objective(x, y1, name, alpha), _objective(x, y2, name, alpha)
+    return y2 if _pick_second(f1, f2, y1, y2, n, name, alpha) else y1
+
+
+def _pick_second(f1, f2, y1, y2, n, name, alpha):
+    """The lower objective; near-ties (rounding level of Σφ, φ ≤ 1 or α²/2) go to the smaller y."""
+    tol = 8 * np.finfo(float).eps * n * (1.0 if name == "welsch" else 0.5 * alpha ** 2)
+    return f2 < f1 - tol or (abs(f2 - f1) <= tol and y2 < y1)
 
 
 def _huber_gap(x, alpha):

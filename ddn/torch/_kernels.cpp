@@ -355,7 +355,9 @@ static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H)
       f1 = tq_objective(x, n, a, y1);
       f2 = tq_objective(x, n, a, y2);
     }
-    if (f2 < f1) { y = y2; H = H2; return s2; }
+    // the lower objective; near-ties (rounding level) keep the smaller y, as the eager code
+    const T tol = 8 * Eps<T>::v * T(n) * (P == WELSCH ? T(1) : T(0.5) * a * a);
+    if (f2 < f1 - tol || (std::abs(f2 - f1) <= tol && y2 < y1)) { y = y2; H = H2; return s2; }
     y = y1;
     H = H1;
     return s1;

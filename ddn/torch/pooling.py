@@ -17,7 +17,8 @@ Solvers (rows in parallel, reaching ``g(y) ≈ 0`` to the dtype's precision in a
   Newton steps accepted only when they lower ``f``, otherwise the always-descending
   majorize–minimize step ``y ← Σ w_i x_i / Σ w_i``, doubled while ``f`` keeps dropping (it crawls on
   flat stretches); stop when the step or ``g`` reaches rounding level (the latter ends degenerate
-  minima, ``H → 0``, where Newton is only linear); the lower objective wins (ties keep the mean's);
+  minima, ``H → 0``, where Newton is only linear); the lower objective wins (objectives equal to rounding, ``8 ε n`` in units of φ's ceiling, keep
+  the smaller y: symmetric data, e.g. n = 2 far-apart points, have two exactly tied minima);
 * truncated quadratic: the same two starts, each iterating ``y ← mean{x_i : |y − x_i| < α}`` (exact MM,
   finitely many steps).
 
@@ -244,7 +245,8 @@ def _solve_eager(x, pen, a):
         (y1, ok1), (y2, ok2) = _tq_local(x, mean, a), _tq_local(x, median, a)
     f1 = _phi(y1[:, None] - x, pen, a).sum(-1)
     f2 = _phi(y2[:, None] - x, pen, a).sum(-1)
-    pick2 = f2 < f1
+    tol = 8 * eps * x.shape[-1] * (1.0 if pen == "welsch" else 0.5 * a.squeeze(-1) ** 2)
+    pick2 = (f2 < f1 - tol) | (((f2 - f1).abs() <= tol) & (y2 < y1))
     return torch.where(pick2, y2, y1), torch.where(pick2, ok2, ok1)
 
 
