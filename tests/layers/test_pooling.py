@@ -166,8 +166,7 @@ def test_torch_forward_optimality_residual_float32(pen, backend):
     z = (y[:, None] - xd).requires_grad_()
     g = torch.autograd.grad(_phi(z, pen, torch.tensor(1.0, dtype=F64)).sum(), z)[0]
     scale = g.abs().sum(-1) + 1e-30
-    H = torch.autograd.functional.jacobian  # noqa: F841 (documentation: H = Σφ'')
-    assert (g.sum(-1).abs() / scale).max() < 1e-4
+    assert (g.sum(-1).abs() / scale).max() < 1e-5  # ≈ 80 float32 eps (observed ≤ 8e-7)
 
 
 def test_torch_huber_interval_and_degenerate(backend):
@@ -219,7 +218,8 @@ def test_torch_any_dim_keepdim_and_alpha_shapes(dtype, backend):
     for i in range(3):
         for j in range(4):
             assert y2[i, j].item() == pytest.approx(
-                R.robust_pool(x[i, :, j].double().numpy(), "welsch", float(a[i, 0, j])), abs=1e-5)
+                R.robust_pool(x[i, :, j].double().numpy(), "welsch", float(a[i, 0, j])),
+                abs=1e-5 if dtype == torch.float32 else 1e-12)
 
 
 def test_torch_bad_input(backend):
@@ -500,3 +500,28 @@ def test_nonconvex_exact_ties_pick_the_smaller_minimizer(backend):
     far = (x2[:, 0] - x2[:, 1]).abs() > 3  # two tied minima: the one nearer the smaller point
     assert far.sum() > 50
     assert ((y[far] - x2[far].amin(-1)).abs() < (y[far] - x2[far].amax(-1)).abs()).all()
+
+
+@pytest.mark.parametrize("pen", PENALTIES)
+def test_every_dim_keepdim_and_non_contiguous_vs_reference_and_fd(pen, backend):
+    """Audit sweep: pooling over each dim of a 4-D tensor, keepdim both ways, against the
+    reference row by row; gradients of transposed / sliced / expanded views against central
+    differences (gradcheck), with a per-output α that requires grad."""
+    x = torch.randn(2, 3, 4, 3, dtype=F64) * 2
+    for dim in range(4):
+        for keepdim in (False, True):
+            y = T.robust_pool(x, pen, 1.1, dim=dim, keepdim=keepdim)
+            rows = x.movedim(dim, -1).reshape(-1, x.shape[dim]).numpy()
+            yr = np.array([R.robust_pool(r, pen, 1.1) for r in rows])
+            assert y.shape == tuple(1 if (i == dim) else s for i, s in enumerate(x.shape)
+                                    if keepdim or i != dim)
+            np.testing.assert_allclose((y.squeeze(dim) if keepdim else y).reshape(-1).numpy(), yr,
+                                       atol=1e-12, rtol=0)
+    base = torch.randn(6, 5, dtype=F64).requires_grad_()
+    a = (torch.rand(5, dtype=F64) + 0.6).requires_grad_()
+    for view in (lambda b: b.t(), lambda b: b[::2, 1:].t(), lambda b: b[:1].expand(4, 5).t(),
+                 lambda b: b.flip(0).t()):
+        def f(b, a, view=view):
+            v = view(b)
+            return T.robust_pool(v, pen, a[: v.shape[0]], dim=-1)
+        assert torch.autograd.gradcheck(f, (base, a), atol=1e-6)
