@@ -200,9 +200,14 @@ class DeclarativeNode:
     def _active_tol(self, y):
         return self.active_tol if self.active_tol is not None else default_tol(y.dtype, 1e-6, 1e-3)
 
-    @staticmethod
-    def _differentiable(xs):
-        return torch.is_grad_enabled() and any(torch.is_tensor(x) and x.requires_grad for x in xs)
+    def _differentiable(self, xs):
+        """Whether the solve must keep its graph (unroll): an input or, for a node that is an
+        ``nn.Module``, one of its parameters requires grad."""
+        return torch.is_grad_enabled() and (any(torch.is_tensor(x) and x.requires_grad for x in xs)
+                                            or any(q.requires_grad for q in self._own_params()))
+
+    def _own_params(self):
+        return tuple(self.parameters()) if isinstance(self, nn.Module) else ()
 
     def _constraints(self, xs, y):
         b = y.shape[0]
@@ -358,7 +363,7 @@ class DeclarativeNode:
     def _unrolled(self, *xs):
         """Forward with autograd through the solver's iterations (linear_solver="unroll")."""
         y, ctx = self._solve_checked(xs)
-        if any(x.requires_grad for x in xs) and not y.requires_grad:
+        if self._differentiable(xs) and not y.requires_grad:
             raise DDNError(f"{type(self).__name__}: linear_solver='unroll' needs a solve written in "
                            "differentiable torch ops, but y came back without a graph. Use "
                            "linear_solver='dense' or 'cg' (implicit differentiation) instead.")

@@ -162,3 +162,42 @@ def test_default_solver_does_not_pull_a_nearly_active_constraint_onto_g_0(dtype,
     torch.testing.assert_close(y[0], x[0].detach(), atol=10 * torch.finfo(dtype).eps, rtol=0)
     (g,) = torch.autograd.grad(y[:, 0].sum(), x)
     torch.testing.assert_close(g, torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=dtype))
+
+
+class TiltedPlane(EqConstrainedNode, torch.nn.Module):
+    """min ½‖y − x‖² + 0.1Σy⁴ s.t. aᵀy = c x₀, with a an nn.Parameter used by the constraint."""
+
+    def __init__(self, **kw):
+        torch.nn.Module.__init__(self)
+        EqConstrainedNode.__init__(self, 3, **kw)
+        self.a = torch.nn.Parameter(torch.tensor([1.0, 2.0, -0.5], dtype=D))
+        self.register_buffer("c", torch.tensor(1.5, dtype=D))
+
+    def objective(self, x, y):
+        return 0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1)
+
+    def equality_constraints(self, x, y):
+        return (self.a * y).sum(-1) - self.c * x[:, 0]
+
+    def initial_guess(self, x):
+        return x.clone()
+
+
+@pytest.mark.parametrize("solver", ["dense", "cg", "minres", "unroll"])
+def test_module_parameter_in_a_constraint_matches_finite_differences(solver):
+    # x does not require grad: only θ does. With "unroll" the solve used to drop its graph
+    # (it looked at the inputs only), so θ silently got no gradient.
+    node = TiltedPlane(linear_solver=solver)
+    layer = DeclarativeLayer(node)
+    x = torch.randn(4, 3, dtype=D)
+    v = torch.randn(4, 3, dtype=D)
+    (layer(x) * v).sum().backward()
+    a0, fd = node.a.detach().clone(), torch.zeros(3, dtype=D)
+    with torch.no_grad():
+        for k in range(3):
+            for s in (1.0, -1.0):
+                node.a.copy_(a0)
+                node.a[k] += s * 1e-6
+                fd[k] += s * (layer(x) * v).sum() / 2e-6
+        node.a.copy_(a0)
+    torch.testing.assert_close(node.a.grad, fd, atol=1e-7, rtol=1e-6)
