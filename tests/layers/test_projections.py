@@ -367,3 +367,37 @@ def test_huge_finite_float32_is_not_reported_as_nan(backend):
     torch.testing.assert_close(ys, torch.tensor([[1 / 3, 1 / 3, 0.0, 1 / 3]]))
     with pytest.raises(DDNError, match="NaN or Inf"):
         T.project_ball(torch.tensor([[3e38, 3e38, float("nan")]]), 1)
+
+
+SPECIAL_ROWS = {
+    "on the L2 sphere": [0.6, 0.8, 0.0], "on the L1 sphere": [0.5, -0.25, 0.25],
+    "on the L∞ sphere, tied": [1.0, -0.5, -1.0], "inside, tied |x|": [0.5, -0.5, 0.2],
+    "outside, tied |x|": [2.0, -2.0, 0.2], "L1 with many zeros": [0.0, 0.0, 3.0, 0.0, -1.0, 0.0],
+    "inside with zeros": [0.0, 0.0, 0.3, 0.0, -0.1, 0.0], "inside": [0.1, -0.2, 0.05],
+}
+
+
+@pytest.mark.parametrize("p", PS)
+@pytest.mark.parametrize("kind", ("sphere", "ball"))
+def test_special_points_match_reference_values_and_vjps(p, kind, backend):
+    """Audit sweep: inputs exactly on the sphere, inside the ball, ties in |x|, many zeros: the
+    torch value and VJP (x and r) equal the reference's to rounding; masked derivatives vanish
+    on pinned coordinates (y_i = 0 for p = 1, |y_i| = r for p = ∞)."""
+    for name, row in SPECIAL_ROWS.items():
+        x = torch.tensor([row], dtype=F64, requires_grad=True)
+        r = torch.tensor([1.0], dtype=F64, requires_grad=True)
+        v = torch.arange(1.0, len(row) + 1, dtype=F64)[None]
+        y = torch_fn(kind)(x, p, r)
+        gx, gr = torch.autograd.grad((y * v).sum(), (x, r))
+        nd = node(kind, p, 1.0, True)
+        np.testing.assert_allclose(y[0].detach().numpy(), ref_fn(kind)(np.array(row), p, 1.0),
+                                   atol=1e-15, err_msg=name)
+        np.testing.assert_allclose(gx[0].numpy(), nd.vjp(np.array(row), v[0].numpy()),
+                                   atol=1e-14, err_msg=name)
+        np.testing.assert_allclose(gr.numpy(), nd.jacobian_radius(np.array(row)) @ v[0].numpy(),
+                                   atol=1e-14, err_msg=name)
+        yd = y[0].detach()
+        pinned = (yd == 0) if p == 1 else (yd.abs() == 1.0) if p == INF else None
+        active = kind == "sphere" or float(torch.linalg.vector_norm(x.detach(), ord=p)) > 1
+        if pinned is not None and active:
+            assert torch.all(gx[0][pinned] == 0), name
