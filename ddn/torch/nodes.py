@@ -144,7 +144,8 @@ class DeclarativeNode:
 
     def jacobian(self, *xs, y=None, ctx=None):
         """``Dy(x)`` per input as ``(b, m, n_i)`` (flattened y and x_i), from m VJPs. For tests and
-        small problems; back-propagation never builds it. A single input gives a tensor."""
+        small problems; back-propagation never builds it. A single input gives a tensor; an input
+        that is not floating point gives None."""
         if y is None:
             y, ctx = self._solve_checked(xs)
         b = y.shape[0]
@@ -154,7 +155,9 @@ class DeclarativeNode:
             v = torch.zeros(b, m, dtype=y.dtype, device=y.device)
             v[:, j] = 1
             rows.append(self.vjp(*xs, v=v.reshape(y.shape), y=y, ctx=ctx, linear_solver="dense"))
-        out = tuple(torch.stack([r[i].reshape(b, -1) for r in rows], 1) for i in range(len(xs)))
+        # an input that is not floating point (an index, a count) has no Jacobian: None
+        out = tuple(None if rows[0][i] is None else torch.stack([r[i].reshape(b, -1) for r in rows], 1)
+                    for i in range(len(xs)))
         return out[0] if len(out) == 1 else out
 
     def diagnose(self, *xs, y=None, ctx=None):

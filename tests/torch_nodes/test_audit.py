@@ -201,3 +201,22 @@ def test_module_parameter_in_a_constraint_matches_finite_differences(solver):
                 fd[k] += s * (layer(x) * v).sum() / 2e-6
         node.a.copy_(a0)
     torch.testing.assert_close(node.a.grad, fd, atol=1e-7, rtol=1e-6)
+
+
+def test_integer_input_has_no_jacobian_and_check_gradient_runs():
+    """An integer input (a per-element count) gets None from jacobian/vjp; check_gradient checks
+    the float inputs (jacobian used to crash on the None)."""
+    import ddn.check
+
+    class Scaled(DeclarativeNode):
+        def objective(self, k, x, y):  # y + 0.4y³ = k x ⇒ dy/dx = k / (1 + 1.2y²)
+            return (0.5 * y ** 2 - k * x * y + 0.1 * y ** 4).sum(-1)
+
+    k = torch.tensor([[1], [2]])
+    x = torch.randn(2, 3, dtype=D)
+    Jk, Jx = Scaled(3).jacobian(k, x)
+    y = Scaled(3)(k, x)
+    assert Jk is None
+    torch.testing.assert_close(Jx, torch.diag_embed(k / (1 + 1.2 * y ** 2)), atol=1e-12, rtol=1e-10)
+    rep = ddn.check.check_gradient(Scaled(3), k, x)
+    assert rep.ok and rep.max_rel_error < 1e-7, str(rep)
