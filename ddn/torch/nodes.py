@@ -254,8 +254,10 @@ class DeclarativeNode:
             conv = torch.as_tensor(conv, device=y.device).reshape(-1)
             nc = ~conv & ~bad
             if nc.any():
+                hint = (" The constraints may also have no common feasible point for these "
+                        "inputs: check them." if self.constrained else "")
                 report("the forward solver did not converge", nc, "Remedy: raise solver_max_iter "
-                       "or solver_tol, give a better initial_guess, or write your own solve.",
+                       "or solver_tol, give a better initial_guess, or write your own solve." + hint,
                        self.on_degenerate)
         return y, ctx
 

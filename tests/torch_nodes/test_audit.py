@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import ddn
 from ddn import DDNError
 from ddn.torch import (DeclarativeLayer, DeclarativeNode, EqConstrainedNode, IneqConstrainedNode)
 from ddn.torch import _linalg
@@ -220,3 +221,17 @@ def test_integer_input_has_no_jacobian_and_check_gradient_runs():
     torch.testing.assert_close(Jx, torch.diag_embed(k / (1 + 1.2 * y ** 2)), atol=1e-12, rtol=1e-10)
     rep = ddn.check.check_gradient(Scaled(3), k, x)
     assert rep.ok and rep.max_rel_error < 1e-7, str(rep)
+
+
+def test_infeasible_constraints_are_named_not_silent():
+    class Empty(IneqConstrainedNode):  # 2 ≤ y₀ ≤ 1: no feasible point
+        def objective(self, x, y):
+            return ((y - x) ** 2).sum(-1)
+
+        def inequality_constraints(self, x, y):
+            return torch.stack([y[:, 0] - 1, 2 - y[:, 0]], -1)
+
+    with pytest.warns(ddn.DDNWarning, match="no common feasible point"):
+        DeclarativeLayer(Empty(2, solver_max_iter=10))(torch.randn(2, 2, dtype=D))
+    with pytest.raises(DDNError, match="did not converge"):
+        DeclarativeLayer(Empty(2, solver_max_iter=10, on_degenerate="error"))(torch.randn(2, 2, dtype=D))
