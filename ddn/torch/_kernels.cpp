@@ -336,8 +336,8 @@ static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H)
       }
       H = cnt;
       if (n % 2 == 0 && xk - xj > 2 * a) {
-        int64_t below, le;
-        count_lt_le(x, n, xj, below, le);
+        int64_t le = 0;  // rare path: a plain loop (count_lt_le counts in int32 lanes)
+        for (int64_t i = 0; i < n; ++i) le += x[i] <= xj ? 1 : 0;
         if (2 * le == n) { y = T(0.5) * (xj + xk); H = 0; }
       }
     }

@@ -209,18 +209,22 @@ def _tq_local(x, y, a):
     return y, done
 
 
-def _huber_gap(x, a):
+def _huber_gap(x, y, a):
     """Rows whose Huber minimizers form an interval of positive length: n even and the middle
-    order statistics ``x_j = sort(x)[n/2 − 1]``, ``x_k = sort(x)[n/2]`` more than 2α apart (every
-    point an outlier, g = α(#below − #above) = 0 on ``[x_j + α, x_k − α]``). Decided on the order
-    statistics, not on ``|y − x_i| ≤ α`` at the root (Newton lands on the interval's end, where a
-    boundary point counts as an inlier and hides the interval). -> (flat (B,), x_j, x_k) or None."""
+    order statistics ``x_j``, ``x_k`` more than 2α apart (every point an outlier, g = α(#below −
+    #above) = 0 on ``[x_j + α, x_k − α]``). Decided on order statistics, not on ``|y − x_i| ≤ α``
+    at the root (Newton lands on the interval's end, where a boundary point counts as an inlier
+    and hides the interval). ``x_j``, ``x_k`` are found as the neighbours of a minimizer ``y``
+    (``x_j = max{x ≤ y}``, ``x_k = min{x > y}``; the middle order statistics iff
+    ``#{x ≤ x_j} = n/2``): three passes, no sort. -> (flat (B,), x_j, x_k) or None."""
     n = x.shape[-1]
     if n % 2:
         return None
-    s = x.sort(-1).values
-    xj, xk = s[:, n // 2 - 1], s[:, n // 2]
-    flat = xk - xj > 2 * a.squeeze(-1)
+    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+    yc = y[:, None]
+    xj = torch.where(x <= yc, x, -inf).amax(-1)
+    xk = torch.where(x > yc, x, inf).amin(-1)
+    flat = (xk - xj > 2 * a.squeeze(-1)) & (2 * (x <= xj[:, None]).sum(-1) == n)
     return (flat, xj, xk) if bool(flat.any()) else None
 
 
@@ -233,7 +237,7 @@ def _solve_eager(x, pen, a):
     if pen in ("pseudo-huber", "huber"):
         y, ok = _newton_bracket(x, mean, pen, a, eps)
         if pen == "huber":
-            gap = _huber_gap(x, a)
+            gap = _huber_gap(x, y, a)
             if gap is not None:  # the midpoint of the interval of minimizers
                 flat, xj, xk = gap
                 y = torch.where(flat, 0.5 * (xj + xk), y)
@@ -263,7 +267,7 @@ def _weights_eager(x, y, pen, a, need_alpha):
                          0).squeeze(-1)
     nbad = 0
     if pen == "huber":
-        gap = _huber_gap(x, a)
+        gap = _huber_gap(x, y, a)
         if gap is not None:  # y is the midpoint (x_j + x_k)/2: Dy = ½(e_j + e_k), split over ties
             flat, xj, xk = (t[:, None] for t in gap)
             wj = (x == xj).to(x.dtype)
