@@ -505,7 +505,10 @@ class EqConstrainedNode(DeclarativeNode):
         x, y, ctx = self._solution(x, y, ctx)
         p, q = self.num_constraints(x, y)
         solver_res = ctx.get("residual", 0.0)
-        kkt = self.kkt_residual(x, y, self._multipliers_from_ctx(ctx, p, q), solver_res)
+        given = self._multipliers_from_ctx(ctx, p, q)
+        kkt = self.kkt_residual(x, y, given, solver_res)
+        if given is not None:
+            self._check_given_multipliers(x, y, kkt, solver_res)
         lam_all, active = kkt["multipliers"], list(kkt["active"])
         self._check_vanishing_gradients(x, y, active, kkt["grad_f"])
         lam_tol = self._active_tol(solver_res) * (1 + np.max(np.abs(kkt["grad_f"])))
@@ -521,6 +524,21 @@ class EqConstrainedNode(DeclarativeNode):
             rule=self.rule, messages=messages, **self._pullbacks(x, y, lam, active))
 
     weakly_active = "constrained"
+
+    def _check_given_multipliers(self, x, y, kkt, solver_res):
+        """ctx["multipliers"] that break stationarity (D_Y f ≠ λᵀA) where the least-squares ones
+        (Eq. 32) satisfy it: a wrong sign convention or a stale λ would give a silently wrong H,
+        so say so. (Where neither satisfies it, e.g. at a non-smooth constraint, stay quiet.)"""
+        tol = 1e-6 * (1.0 + float(np.max(np.abs(kkt["multipliers"]), initial=0.0)))
+        if kkt["residual"] <= tol:
+            return
+        ls = self.kkt_residual(x, y, None, solver_res)
+        if ls["residual"] <= 1e-6 * (1.0 + float(np.max(np.abs(ls["multipliers"]), initial=0.0))):
+            warnings.warn(
+                f"{type(self).__name__}: ctx['multipliers'] do not satisfy stationarity D_Y f = "
+                f"λᵀA (KKT residual {kkt['residual']:.2e}; the least-squares λ of Eq. 32 gives "
+                f"{ls['residual']:.1e}): H = D²_YY(f − λᵀh) and Dy are then wrong. Check the sign "
+                "convention (L = f − λᵀ[h; g]) or drop them from ctx.", DDNWarning, stacklevel=4)
 
     def _check_vanishing_gradients(self, x, y, active, grad_f):
         """A constraint whose gradient D_Y h_i vanishes at y (e.g. two constraints merged as

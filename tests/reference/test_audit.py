@@ -48,3 +48,15 @@ def test_x_dependent_constraints_match_finite_differences(solver):
     np.testing.assert_allclose(J, Jfd, atol=1e-8)
     v = np.random.default_rng(0).standard_normal(4)
     np.testing.assert_allclose(node.vjp(x, v), v @ Jfd, atol=1e-8)
+
+
+def test_multipliers_of_the_wrong_sign_convention_are_named():
+    """A solver that returns λ for L = f + λᵀh (the other convention) used to give a silently
+    wrong H = D²_YY(f − λᵀh) and Dy; the right λ stays quiet."""
+    node = MovingSphere(4, 4)
+    x = np.array([0.3, -0.5, 0.8, 0.2])
+    y, ctx = node.solve(x)
+    J = node.jacobian(x, y, ctx)
+    with pytest.warns(DDNWarning, match="sign convention"):
+        J_bad = node.jacobian(x, y, {"multipliers": -ctx["multipliers"]})
+    assert np.abs(J_bad - J).max() > 1e-3
