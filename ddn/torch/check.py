@@ -96,7 +96,7 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
                 if node.solver_tol is None:
                     node.solver_tol = 1e-13  # finite differences need an accurate solve
                 if y is None:
-                    y, ctx = node._solve_checked(xs)
+                    y, ctx = node._solve_detached(xs)
                 diag = node.diagnose(*xs, y=y, ctx=ctx)
                 J = node.jacobian(*xs, y=y, ctx=ctx)
                 J = torch.cat([t for t in J if t is not None], -1) if isinstance(J, tuple) else J
@@ -107,7 +107,7 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
                 vjp_err = float((vj - torch.einsum("bm,bmn->bn", v.reshape(b, -1), J)).abs().max())
 
                 def fun(*a):
-                    return node._solve_checked(a)[0]
+                    return node._solve_detached(a)[0]
                 weak = diag["weakly_active"]
             else:
                 module = copy.deepcopy(target).double()

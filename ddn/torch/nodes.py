@@ -134,7 +134,7 @@ class DeclarativeNode:
     def vjp(self, *xs, v, y=None, ctx=None, linear_solver=None):
         """``vᵀ Dy(x)`` for every input (a tuple, one ``(b, ...)`` tensor per floating input)."""
         if y is None:
-            y, ctx = self._solve_checked(xs)
+            y, ctx = self._solve_detached(xs)
         if not torch.is_tensor(v) or v.shape[0] != y.shape[0] or v[0].numel() != y[0].numel():
             raise DDNError(f"vjp: v must have y's shape {tuple(y.shape)} (one incoming gradient per "
                            f"entry of y), got {tuple(getattr(v, 'shape', ()))}")
@@ -147,7 +147,7 @@ class DeclarativeNode:
         small problems; back-propagation never builds it. A single input gives a tensor; an input
         that is not floating point gives None."""
         if y is None:
-            y, ctx = self._solve_checked(xs)
+            y, ctx = self._solve_detached(xs)
         b = y.shape[0]
         m = y[0].numel()
         rows = []
@@ -166,7 +166,7 @@ class DeclarativeNode:
         the equality + active inequality Jacobian), ``weakly_active``
         (list of (element, constraint) pairs), ``multipliers``. Warnings are raised as usual."""
         if y is None:
-            y, ctx = self._solve_checked(xs)
+            y, ctx = self._solve_detached(xs)
         xs_d = tuple(x.detach() for x in xs)
         b = y.shape[0]
         v = torch.zeros(b, y[0].numel(), dtype=y.dtype, device=y.device)
@@ -216,6 +216,13 @@ class DeclarativeNode:
         b = y.shape[0]
         return (_as_2d(self.equality_constraints(*xs, y), b),
                 _as_2d(self.inequality_constraints(*xs, y), b))
+
+    def _solve_detached(self, xs):
+        """The forward solve for vjp/jacobian/diagnose: no graph through the solver (an input that
+        requires grad must not make the default solvers unroll, or refuse to)."""
+        with torch.no_grad():
+            y, ctx = self._solve_checked(xs)
+        return y.detach(), ctx
 
     def _solve_checked(self, xs):
         if not xs:

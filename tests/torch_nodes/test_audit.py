@@ -235,3 +235,16 @@ def test_infeasible_constraints_are_named_not_silent():
         DeclarativeLayer(Empty(2, solver_max_iter=10))(torch.randn(2, 2, dtype=D))
     with pytest.raises(DDNError, match="did not converge"):
         DeclarativeLayer(Empty(2, solver_max_iter=10, on_degenerate="error"))(torch.randn(2, 2, dtype=D))
+
+
+def test_jacobian_vjp_and_check_of_inputs_that_require_grad_with_the_default_ineq_solver():
+    # vjp/jacobian/diagnose solved with the graph on when x required grad, so the default
+    # inequality solver refused ("cannot be unrolled"); they solve without a graph now.
+    import ddn.check
+    x = (torch.randn(3, 3, dtype=D) * 0.5).requires_grad_()
+    node = MixedDefault(3)
+    J = node.jacobian(x)
+    (g,) = node.vjp(x, v=torch.ones(3, 3, dtype=D))
+    torch.testing.assert_close(g, J.sum(1), atol=1e-12, rtol=1e-12)
+    assert node.diagnose(x)["residual"].max() < 1e-8
+    assert ddn.check.check_gradient(node, x).ok
