@@ -42,7 +42,9 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
     bound; the others: exact, from eigenvalues), ``singular`` (cond above ``cond_max``, non-finite,
     or a bad LU residual), ``linear_residual`` (relative residual ``‖Kw − r‖ / (‖K‖‖w‖ + ‖r‖)`` of
     the LU-solved elements; 0 for the Cholesky-solved ones, whose solve is backward stable, so the
-    residual is not computed there), ``pinv`` (elements solved by pseudo-inverse).
+    residual is not computed there), ``pinv`` (elements solved by pseudo-inverse), ``n_negative``
+    (number of negative eigenvalues of the elements that are not positive definite; 0 for the
+    others: the inertia that tells a KKT minimum from a saddle).
     ``singular="pinv"`` solves the singular elements with ``K⁺`` (singular values below
     ``σ_max / cond_max`` dropped); otherwise they keep whatever the factorisation gave.
     """
@@ -74,6 +76,7 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
         u = torch.linalg.solve_triangular(L, rc.unsqueeze(-1), upper=False)
         wc = torch.linalg.solve_triangular(L.mT, u, upper=True).squeeze(-1)
         w = torch.where(pd[:, None], wc, w)
+    n_neg = torch.zeros(b, dtype=torch.long, device=dev)  # negative eigenvalues (inertia)
     bad = (~pd) & finite
     if bad.any():
         idx = bad.nonzero().squeeze(1)
@@ -85,6 +88,8 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
             umin = ev.abs().min(-1).values
             cond_b = torch.where(umin > 0, ev.abs().max(-1).values / torch.where(umin > 0, umin, 1),
                                  torch.full_like(umin, float("inf")))
+            # eigenvalues below −N·eps·max|λ| count as negative (zeros are the singular case)
+            neg_b = (ev < -N * eps_of(dtype) * ev.abs().max(-1, keepdim=True).values).sum(-1)
         wb = torch.linalg.solve_ex(Kb, rb)[0]
         res_b = _rel_residual(Kb, wb, rb).detach()
         tol = 100 * N * eps_of(dtype)
@@ -101,6 +106,7 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
             wb = torch.stack(rows)
         w = w.index_put((idx,), wb)
         cond = cond.index_put((idx,), cond_b)
+        n_neg = n_neg.index_put((idx,), neg_b)
     # The residual is checked where LU was used. A successful Cholesky solve is backward stable
     # (relative residual O(N eps) whatever the conditioning), so for those elements the check
     # could never fire: they get 0 here and conditioning is judged by `cond` alone.
@@ -118,7 +124,8 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
         used_pinv = used_pinv.index_put((idx,), torch.ones_like(idx, dtype=torch.bool))
     if not all_finite:
         w = torch.where(finite[:, None], w, torch.full_like(w, float("nan")))
-    return w, {"pd": pd, "cond": cond, "singular": is_singular, "linear_residual": residual,
+    return w, {"pd": pd, "cond": cond, "n_negative": n_neg, "singular": is_singular,
+               "linear_residual": residual,
                "pinv": used_pinv, "converged": finite & (~is_singular | used_pinv)}
 
 

@@ -368,6 +368,20 @@ class DeclarativeNode:
         z = torch.cat([yf, lam if create_graph else lam.detach()], 1)
         grads, info = implicit_vjp(lagrangian, xs, z, vf, spd=False, n_primal=m,
                                    known_degenerate=minfo["rank_deficient"], **opts)
+        if "n_negative" in info:
+            # Second-order check (dense K): at a constrained minimum with regular constraints the
+            # KKT matrix has exactly p + q negative eigenvalues (k from the active block, −1 for
+            # each inactive row); one more means D²_YY L has a negative direction on the tangent
+            # space of the active constraints: y is a saddle or maximum, not the argmin.
+            P = minfo["p"] + minfo["q"]
+            finite = torch.isfinite(z.detach()).all(1) & torch.isfinite(vf).all(1)
+            sad = (info["n_negative"] > P) & ~info["singular"] & ~minfo["rank_deficient"] & finite
+            if sad.any():
+                report("y is a KKT point but not a minimum (D²_YY L has a negative direction on "
+                       "the tangent space of the active constraints: a saddle or maximum); the "
+                       "gradient is that of this stationary point", sad,
+                       "Remedy: give the solver a better initial_guess, or write a solve that "
+                       "returns the minimum.", self.on_degenerate)
         info.update(minfo)
         info["lam"] = lam.detach()
         return grads, info

@@ -248,3 +248,31 @@ def test_jacobian_vjp_and_check_of_inputs_that_require_grad_with_the_default_ine
     torch.testing.assert_close(g, J.sum(1), atol=1e-12, rtol=1e-12)
     assert node.diagnose(x)["residual"].max() < 1e-8
     assert ddn.check.check_gradient(node, x).ok
+
+
+class NearestOnSphere(EqConstrainedNode):
+    """min ‖y − x‖² s.t. ‖y‖² = 1: the minimum is x/‖x‖, the maximum −x/‖x‖ is also a KKT point."""
+
+    def __init__(self, sign, **kw):
+        super().__init__(**kw)
+        self.sign = sign
+
+    def objective(self, x, y):
+        return ((y - x) ** 2).sum(-1)
+
+    def equality_constraints(self, x, y):
+        return (y * y).sum(-1) - 1
+
+    def initial_guess(self, x):
+        return self.sign * x / x.norm(dim=-1, keepdim=True) + 0.1
+
+
+def test_a_kkt_maximum_found_by_the_default_solver_is_named():
+    x = torch.randn(3, 3, dtype=D, requires_grad=True)
+    y = DeclarativeLayer(NearestOnSphere(+1))(x)  # the minimum: quiet
+    torch.testing.assert_close(y, x.detach() / x.detach().norm(dim=-1, keepdim=True))
+    y.sum().backward()
+    y = DeclarativeLayer(NearestOnSphere(-1))(x)  # Newton-KKT converges to the maximum
+    torch.testing.assert_close(y, -x.detach() / x.detach().norm(dim=-1, keepdim=True))
+    with pytest.warns(ddn.DDNWarning, match=r"not a minimum.*\[0, 1, 2\]"):
+        y.sum().backward()
