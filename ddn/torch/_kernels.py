@@ -5,7 +5,8 @@ runs all iterations of one row while it sits in cache, so forward and backward e
 input once. The eager code in ``pooling.py`` / ``projections.py`` implements the same algorithms
 and is the fallback and the test oracle.
 
-Build: ``g++ -O3 -march=native -fopenmp-simd`` (see ``_FLAGS``) (no torch headers, about a second), cached in
+Build: ``g++ -O3 -march=native -fopenmp-simd`` (see ``_FLAGS``; if the compiler rejects those, once more
+with ``_PORTABLE_FLAGS``) (no torch headers, about a second), cached in
 ``$DDN_KERNEL_CACHE`` or ``~/.cache/ddn/kernels/<hash of source, flags, compiler, CPU>`` (if that
 folder cannot be written, ``$TMPDIR/ddn-kernels-<uid>/...``).
 Threads: rows are split over ``torch.get_num_threads()`` Python threads (ctypes releases the
@@ -36,6 +37,8 @@ ENABLED = os.environ.get("DDN_KERNELS", "1") not in ("0", "")
 _SRC = Path(__file__).with_name("_kernels.cpp")
 _FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd",
           "-fno-math-errno", "-fno-trapping-math", "-std=c++20", "-shared", "-fPIC"]
+_PORTABLE_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-std=c++20",
+                   "-shared", "-fPIC"]
 _PEN = {"quadratic": 0, "pseudo-huber": 1, "huber": 2, "welsch": 3, "truncated-quadratic": 4}
 _lock = threading.Lock()
 _state = {"lib": None, "tried": False, "pool": None, "error": None}
@@ -54,18 +57,25 @@ def _build():
     cxx = os.environ.get("CXX", "g++")
     src = _SRC.read_text()
     ver = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\n".join([src, " ".join(_FLAGS), ver, _cpu_id()]).encode()).hexdigest()[:16]
     root = Path(os.environ.get("DDN_KERNEL_CACHE", Path.home() / ".cache" / "ddn" / "kernels"))
     # a read-only or unusable cache (e.g. a shared home) falls back to a per-user temp folder
     fallback = Path(tempfile.gettempdir()) / f"ddn-kernels-{getattr(os, 'getuid', lambda: 0)()}"
-    for base in (root, fallback):
-        so = base / key / "libddn_kernels.so"
+    # the tuned flags are x86/GCC-specific (-mprefer-vector-width): elsewhere retry portably
+    for flags in (_FLAGS, _PORTABLE_FLAGS):
+        key = hashlib.sha256("\n".join([src, " ".join(flags), ver, _cpu_id()]).encode()).hexdigest()[:16]
         try:
-            if not so.exists():
-                _compile(cxx, so)
+            for base in (root, fallback):
+                so = base / key / "libddn_kernels.so"
+                try:
+                    if not so.exists():
+                        _compile(cxx, so, flags)
+                    break
+                except OSError:
+                    if base == fallback:
+                        raise
             break
-        except OSError:
-            if base == fallback:
+        except subprocess.CalledProcessError:
+            if flags is _PORTABLE_FLAGS:
                 raise
     lib = ctypes.CDLL(str(so))
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -78,12 +88,12 @@ def _build():
     return lib
 
 
-def _compile(cxx, so):
+def _compile(cxx, so, flags):
     so.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
     os.close(fd)
     try:
-        subprocess.run([cxx, *_FLAGS, str(_SRC), "-o", tmp], check=True, capture_output=True,
+        subprocess.run([cxx, *flags, str(_SRC), "-o", tmp], check=True, capture_output=True,
                        text=True)
         os.replace(tmp, so)  # atomic: concurrent builders race harmlessly
     finally:

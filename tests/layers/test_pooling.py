@@ -525,3 +525,20 @@ def test_every_dim_keepdim_and_non_contiguous_vs_reference_and_fd(pen, backend):
             v = view(b)
             return T.robust_pool(v, pen, a[: v.shape[0]], dim=-1)
         assert torch.autograd.gradcheck(f, (base, a), atol=1e-6)
+
+
+def test_kernel_rejected_flags_retry_portably(monkeypatch, tmp_path):
+    """Found by audit: a compiler that rejects the tuned x86 flags (-mprefer-vector-width on
+    aarch64, an old GCC) disabled the kernel; the build now retries with portable flags."""
+    import shutil
+    if shutil.which(__import__("os").environ.get("CXX", "g++")) is None:
+        pytest.skip("no compiler")
+    _fresh_kernel_state(monkeypatch)
+    monkeypatch.setattr(_kernels, "_FLAGS", _kernels._FLAGS + ["-mno-such-flag-ddn"])
+    monkeypatch.setenv("DDN_KERNEL_CACHE", str(tmp_path))
+    assert _kernels.lib() is not None
+    x = torch.randn(4, 9, dtype=F64)
+    monkeypatch.setattr(_kernels, "ENABLED", False)
+    want = T.robust_pool(x, "pseudo-huber", 0.6)
+    monkeypatch.setattr(_kernels, "ENABLED", True)
+    torch.testing.assert_close(T.robust_pool(x, "pseudo-huber", 0.6), want, atol=1e-14, rtol=0)
