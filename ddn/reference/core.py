@@ -429,7 +429,30 @@ class DeclarativeNode:
                 f"{self.residual_tol:g}: y is not a stationary point, so −H⁻¹B is not Dy. Solve "
                 "more accurately, or pass the y returned by solve (or raise node.residual_tol).",
                 DDNWarning, stacklevel=3)
+        self._check_second_order(opt)
         return opt
+
+    def _check_second_order(self, opt):
+        """A minimum has D²_YY L ⪰ 0 on the tangent space of the active constraints (Z spans the
+        null space of A); a clearly negative eigenvalue of ZᵀHZ means y is a saddle or maximum:
+        Dy is then that stationary point's, which a caller expecting the argmin should know."""
+        if not isinstance(opt.H, np.ndarray) or not np.all(np.isfinite(opt.H)):
+            return  # matrix-free H (minres) or feasibility (H is None): not checked
+        H = 0.5 * (opt.H + opt.H.T)
+        if opt.A is not None and opt.A.shape[0]:
+            _, sv, Vt = np.linalg.svd(opt.A)
+            r = int(np.sum(sv > 1e-10 * max(1.0, sv.max())))
+            Z = Vt[r:].T
+            if Z.shape[1] == 0:
+                return
+            H = Z.T @ H @ Z
+        ev = np.linalg.eigvalsh(H)
+        if ev.min() < -1e-8 * max(1.0, np.abs(ev).max()):
+            warnings.warn(
+                f"{type(self).__name__}: y is a stationary point but not a minimum (D²_YY L has "
+                f"the eigenvalue {ev.min():.3g} on the tangent space of the active constraints: a "
+                "saddle or maximum); Dy is that of this stationary point. Give a better "
+                "initial_guess or a solve that returns the minimum.", DDNWarning, stacklevel=4)
 
     def _jacobian_rule(self, opt):
         return prop_4_4_jacobian(opt.H, opt.B(), singular=self.singular,

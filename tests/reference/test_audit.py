@@ -60,3 +60,33 @@ def test_multipliers_of_the_wrong_sign_convention_are_named():
     with pytest.warns(DDNWarning, match="sign convention"):
         J_bad = node.jacobian(x, y, {"multipliers": -ctx["multipliers"]})
     assert np.abs(J_bad - J).max() > 1e-3
+
+
+def test_a_stationary_point_that_is_not_a_minimum_is_named():
+    """Prop. 4.4 holds at any stationary point, but a maximum (or the farthest point of a sphere)
+    handed to the backward pass was silent; the minimum stays quiet."""
+    from ddn.reference import FixedEqConstrainedNode
+
+    class Maximum(DeclarativeNode):
+        def objective(self, x, y):
+            return anp.sum(-0.5 * y ** 2 + x * y)
+
+        def solve(self, x):
+            return x.copy(), {}
+
+    with pytest.warns(DDNWarning, match="not a minimum"):
+        J = Maximum(2, 2).jacobian(np.ones(2))
+    np.testing.assert_allclose(J, np.eye(2))  # still that stationary point's Dy
+
+    class Farthest(FixedEqConstrainedNode):  # min ‖y − x‖² on the unit sphere
+        def objective(self, x, y):
+            return anp.sum((y - x) ** 2)
+
+        def constraint(self, y):
+            return anp.sum(y ** 2) - 1
+
+    x = np.array([0.6, -0.3, 1.2])
+    u = x / np.linalg.norm(x)
+    Farthest(3, 3).jacobian(x, u)  # the minimum: quiet
+    with pytest.warns(DDNWarning, match="not a minimum"):
+        Farthest(3, 3).jacobian(x, -u)
