@@ -121,7 +121,7 @@ class DeclarativeNode:
         y0 = self.initial_guess(*xs)
         b, shape = y0.shape[0], y0.shape[1:]
         diff = self._differentiable(xs)
-        y, info = _solvers.newton(lambda yf: self.objective(*xs, yf.reshape(b, *shape)),
+        y, info = _solvers.newton(lambda yf: self._f(xs, yf.reshape(b, *shape)),
                                   y0.reshape(b, -1), tol=self._solver_tol(y0),
                                   max_iter=self.solver_max_iter, differentiable=diff)
         return y.reshape(b, *shape), {"converged": info["converged"], "grad_norm": info["grad_norm"]}
@@ -216,6 +216,15 @@ class DeclarativeNode:
         b = y.shape[0]
         return (_as_2d(self.equality_constraints(*xs, y), b),
                 _as_2d(self.inequality_constraints(*xs, y), b))
+
+    def _f(self, xs, y):
+        """``objective(*xs, y)``, checked to be ``(b,)`` (the default solvers need it per element)."""
+        f = self.objective(*xs, y)
+        if not torch.is_tensor(f) or f.shape != (y.shape[0],):
+            raise DDNError(f"{type(self).__name__}.objective must return shape (batch,) = "
+                           f"({y.shape[0]},), one value per batch element, got "
+                           f"{tuple(getattr(f, 'shape', ()))}; e.g. sum over the non-batch dims")
+        return f
 
     def _solve_detached(self, xs):
         """The forward solve for vjp/jacobian/diagnose: no graph through the solver (an input that
@@ -419,7 +428,7 @@ class EqConstrainedNode(DeclarativeNode):
 
         def lagr(z):
             yy = z[:, :m].reshape(b, *shape)
-            return self.objective(*xs, yy) - (z[:, m:] * _as_2d(self.equality_constraints(*xs, yy), b)).sum(-1)
+            return self._f(xs, yy) - (z[:, m:] * _as_2d(self.equality_constraints(*xs, yy), b)).sum(-1)
 
         z0 = torch.cat([y0.reshape(b, m), y0.new_zeros(b, p)], 1)
         z, info = _solvers.newton_kkt(lagr, z0, tol=self._solver_tol(y0), max_iter=self.solver_max_iter,
@@ -455,7 +464,7 @@ class IneqConstrainedNode(EqConstrainedNode):
         b, shape = y0.shape[0], y0.shape[1:]
 
         def f(yf):
-            return self.objective(*xs, yf.reshape(b, *shape))
+            return self._f(xs, yf.reshape(b, *shape))
 
         def h(yf):
             return _as_2d(self.equality_constraints(*xs, yf.reshape(b, *shape)), b)

@@ -276,3 +276,19 @@ def test_a_kkt_maximum_found_by_the_default_solver_is_named():
     torch.testing.assert_close(y, -x.detach() / x.detach().norm(dim=-1, keepdim=True))
     with pytest.warns(ddn.DDNWarning, match=r"not a minimum.*\[0, 1, 2\]"):
         y.sum().backward()
+
+
+@pytest.mark.parametrize("cls", [DeclarativeNode, EqConstrainedNode, IneqConstrainedNode])
+def test_objective_of_the_wrong_shape_is_named_by_the_default_solvers(cls):
+    class Bad(cls):  # (b, 1), not (b,): the default solvers failed with an opaque RuntimeError
+        def objective(self, x, y):
+            return ((y - x) ** 2).sum(-1, keepdim=True)
+
+        def equality_constraints(self, x, y):
+            return y.sum(-1) - 1
+
+        def inequality_constraints(self, x, y):
+            return y[:, 0] - 5
+
+    with pytest.raises(DDNError, match=r"objective must return shape \(batch,\)"):
+        DeclarativeLayer(Bad(2))(torch.randn(3, 2, dtype=D))
