@@ -24,6 +24,8 @@ Parameters θ of the objective are inputs like any other: pass them to the layer
 ``layer(x, theta)``; an input that does not require grad gets None. A node that is also an
 ``nn.Module`` may instead hold θ as ``nn.Parameter``s: ``DeclarativeLayer`` back-propagates to them.
 """
+import numbers
+
 import torch
 from torch import nn
 
@@ -86,9 +88,9 @@ class DeclarativeNode:
             raise DDNError(f"singular={singular!r}: choose None, 'pinv' or 'proximal'")
         if on_degenerate not in ("warn", "error"):
             raise DDNError(f"on_degenerate={on_degenerate!r}: choose 'warn' or 'error'")
-        if isinstance(output_shape, int):
+        if isinstance(output_shape, numbers.Integral):  # an int, numpy integer, 0-d tensor
             output_shape = (output_shape,)
-        self.output_shape = None if output_shape is None else tuple(output_shape)
+        self.output_shape = None if output_shape is None else tuple(int(d) for d in output_shape)
         self.linear_solver = linear_solver
         self.tol, self.max_iter = tol, max_iter
         self.singular, self.proximal_delta = singular, proximal_delta
@@ -214,8 +216,16 @@ class DeclarativeNode:
 
     def _constraints(self, xs, y):
         b = y.shape[0]
-        return (_as_2d(self.equality_constraints(*xs, y), b),
+        h, g = (_as_2d(self.equality_constraints(*xs, y), b),
                 _as_2d(self.inequality_constraints(*xs, y), b))
+        if self.constrained and h is None and g is None:
+            self._no_constraints()
+        return h, g
+
+    def _no_constraints(self):
+        raise DDNError(f"{type(self).__name__} is a constrained node but its constraints returned "
+                       "None (no constraints): derive from DeclarativeNode for an unconstrained "
+                       "problem, or return the constraints")
 
     def _f(self, xs, y):
         """``objective(*xs, y)``, checked to be ``(b,)`` (the default solvers need it per element)."""
@@ -424,6 +434,8 @@ class EqConstrainedNode(DeclarativeNode):
         b, shape = y0.shape[0], y0.shape[1:]
         m = y0[0].numel()
         h0 = _as_2d(self.equality_constraints(*xs, y0), b)
+        if h0 is None:
+            self._no_constraints()
         p = h0.shape[1]
 
         def lagr(z):
@@ -473,6 +485,10 @@ class IneqConstrainedNode(EqConstrainedNode):
             return _as_2d(self.inequality_constraints(*xs, yf.reshape(b, *shape)), b)
 
         has_h = self.equality_constraints(*xs, y0) is not None
+        if self.inequality_constraints(*xs, y0) is None:
+            if not has_h:
+                self._no_constraints()
+            return EqConstrainedNode.solve(self, *xs)  # equalities only: Newton-KKT
         y, lam, active, info = _solvers.augmented_lagrangian(
             f, h if has_h else None, g, y0.reshape(b, -1), tol=self._solver_tol(y0),
             max_iter=self.solver_max_iter, active_tol=self._active_tol(y0))

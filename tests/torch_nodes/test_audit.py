@@ -292,3 +292,38 @@ def test_objective_of_the_wrong_shape_is_named_by_the_default_solvers(cls):
 
     with pytest.raises(DDNError, match=r"objective must return shape \(batch,\)"):
         DeclarativeLayer(Bad(2))(torch.randn(3, 2, dtype=D))
+
+
+def test_a_constrained_node_without_constraints_is_named():
+    class NoCons(IneqConstrainedNode):  # both constraint methods return None
+        def objective(self, x, y):
+            return ((y - x) ** 2).sum(-1)
+
+        def inequality_constraints(self, x, y):
+            return None
+
+    for cls in (NoCons, type("NoEq", (EqConstrainedNode,), {
+            "objective": NoCons.objective, "equality_constraints": lambda self, x, y: None})):
+        with pytest.raises(DDNError, match="returned None"):
+            DeclarativeLayer(cls(2))(torch.randn(2, 2, dtype=D))
+        with pytest.raises(DDNError, match="returned None"):
+            DeclarativeLayer(cls(2)).node.vjp(torch.randn(2, 2, dtype=D), v=torch.ones(2, 2, dtype=D),
+                                              y=torch.zeros(2, 2, dtype=D))
+
+
+def test_ineq_node_whose_inequalities_are_none_solves_its_equalities():
+    class EqOnly(IneqConstrainedNode):
+        def objective(self, x, y):
+            return 0.5 * ((y - x) ** 2).sum(-1)
+
+        def equality_constraints(self, x, y):
+            return y.sum(-1) - 1
+
+        def inequality_constraints(self, x, y):
+            return None
+
+    x = torch.randn(3, 4, dtype=D, requires_grad=True)
+    y = DeclarativeLayer(EqOnly(4))(x)
+    torch.testing.assert_close(y, x.detach() - (x.detach().sum(-1, keepdim=True) - 1) / 4)
+    (g,) = torch.autograd.grad(y[:, 0].sum(), x)
+    torch.testing.assert_close(g, torch.eye(4, dtype=D)[0].expand(3, 4) - 0.25)
