@@ -142,7 +142,10 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
     n_primal = N if n_primal is None else n_primal
     dtype = z.dtype
     name = matrix_name or ("H = D²_YY f" if spd else "the KKT matrix [[H, −Aᵀ], [−A, 0]]")
-    if v.shape[-1] != N:
+    if v.dim() != 2 or v.shape[0] != b or v.shape[-1] not in (N, n_primal):
+        raise DDNError(f"implicit_vjp: v must be (b, N) = ({b}, {N}) or (b, n_primal) = ({b}, "
+                       f"{n_primal}), got {tuple(v.shape)}")
+    if v.shape[-1] != N:  # the multipliers get no incoming gradient
         v = torch.cat([v, v.new_zeros(b, N - v.shape[-1])], dim=-1)
     if tol is None:
         tol = default_tol(dtype, 1e-10, 1e-5)

@@ -327,3 +327,18 @@ def test_ineq_node_whose_inequalities_are_none_solves_its_equalities():
     torch.testing.assert_close(y, x.detach() - (x.detach().sum(-1, keepdim=True) - 1) / 4)
     (g,) = torch.autograd.grad(y[:, 0].sum(), x)
     torch.testing.assert_close(g, torch.eye(4, dtype=D)[0].expand(3, 4) - 0.25)
+
+
+def test_implicit_vjp_refuses_a_v_of_the_wrong_size():
+    # a v shorter than z used to be zero-padded silently (a wrong gradient); longer crashed
+    from ddn.torch import implicit_vjp
+
+    def f(x, y):
+        return 0.5 * (y * y).sum(-1) - (x * y).sum(-1)
+
+    x = torch.randn(2, 3, dtype=D, requires_grad=True)
+    (g,), _ = implicit_vjp(f, (x,), x.detach().clone(), torch.ones(2, 3, dtype=D))
+    torch.testing.assert_close(g, torch.ones(2, 3, dtype=D))
+    for bad in (torch.ones(2, 2, dtype=D), torch.ones(2, 4, dtype=D), torch.ones(3, 3, dtype=D)):
+        with pytest.raises(DDNError, match="v must be"):
+            implicit_vjp(f, (x,), x.detach().clone(), bad)
