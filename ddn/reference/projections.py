@@ -146,6 +146,28 @@ def _proj_jacobians(x, y, p, r, masked, ball):
     return eye - np.outer(sT, sT) / T.sum(), sT / T.sum()
 
 
+def _proj_vjp(x, y, v, p, r, masked, ball):
+    """vᵀ Dy in O(n) without forming Dy: every Dy above is symmetric, diagonal minus rank one."""
+    if ball and _norm(x, p) <= r:
+        return v.copy()
+    if p == 2:
+        nrm = _norm(x, 2)
+        if nrm == 0:
+            warnings.warn("projection of x = 0 onto the L2 sphere: y is not differentiable; "
+                          "returning a zero gradient w.r.t. x", DDNWarning, stacklevel=3)
+            return np.zeros_like(v)
+        return (r / nrm) * (v - y * (y @ v) / r ** 2)
+    if p == 1:
+        s = np.sign(y)
+        S = s != 0
+        return (np.where(S, v, 0.0) if masked else v) - s * (s @ v) / S.sum()
+    T = np.abs(y) >= r * (1 - 1e-12)  # p = ∞: coordinates on the face
+    if masked:
+        return np.where(T, 0.0, v)
+    sT = np.where(T, _sgn(y), 0.0)
+    return v - sT * (sT @ v) / T.sum()
+
+
 class _ProjectionNode:
     ball = False
 
@@ -188,8 +210,14 @@ class _ProjectionNode:
         return _proj_jacobians(x, y, self.p, self.radius, self.masked, self.ball)[0]
 
     def vjp(self, x, v, y=None, ctx=None):
-        """vᵀ D y(x), (n,)."""
-        return np.asarray(v, dtype=float) @ self.jacobian(x, y, ctx)
+        """vᵀ D y(x), (n,), in O(n) (Dy is never formed)."""
+        x = _check(x, self.p, self.radius)
+        v = np.asarray(v, dtype=float)
+        if v.shape != x.shape:
+            raise DDNError(f"v must have the shape of y {x.shape}, got {v.shape}")
+        if y is None:
+            y, ctx = self.solve(x)
+        return _proj_vjp(x, y, v, self.p, self.radius, self.masked, self.ball)
 
     def jacobian_radius(self, x, y=None):
         """dy/dr as an (n,) array."""
@@ -234,7 +262,14 @@ class SimplexProjectionNode:
         return np.diag(S) - np.outer(S, S) / S.sum()
 
     def vjp(self, x, v, y=None, ctx=None):
-        return np.asarray(v, dtype=float) @ self.jacobian(x, y, ctx)
+        """vᵀ Dy = v_S − 1_S (1_Sᵀv)/|S| in O(n) (Dy is never formed)."""
+        v = np.asarray(v, dtype=float)
+        if y is None:
+            y, _ = self.solve(x)
+        if v.shape != y.shape:
+            raise DDNError(f"v must have the shape of y {y.shape}, got {v.shape}")
+        S = (y > 0).astype(float)
+        return S * v - S * (S @ v) / S.sum()
 
     def jacobian_radius(self, x, y=None):
         if y is None:
