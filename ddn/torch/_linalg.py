@@ -39,7 +39,9 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
 
     Returns ``w`` (b, N) and ``info`` with per-element tensors: ``pd`` (Cholesky succeeded),
     ``cond`` (positive definite elements: an estimate from the Cholesky factor's diagonal, a lower
-    bound; the others: exact, from eigenvalues), ``singular`` (cond above ``cond_max``, non-finite,
+    bound; the others: exact, from the eigenvalues of ``D K D`` (``D`` diagonal, Ruiz: rows of unit max-norm),
+    the symmetrically equilibrated matrix that is solved, so an objective scaled by 10⁴ in a KKT matrix
+    does not read as ill-conditioned), ``singular`` (cond above ``cond_max``, non-finite,
     or a bad LU residual), ``linear_residual`` (relative residual ``‖Kw − r‖ / (‖K‖‖w‖ + ‖r‖)`` of
     the LU-solved elements; 0 for the Cholesky-solved ones, whose solve is backward stable, so the
     residual is not computed there), ``pinv`` (elements solved by pseudo-inverse), ``n_negative``
@@ -80,7 +82,18 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
     bad = (~pd) & finite
     if bad.any():
         idx = bad.nonzero().squeeze(1)
-        Kb, rb = Kc[idx], rc[idx]
+        Kb0, rb0 = Kc[idx], rc[idx]
+        with torch.no_grad():
+            # Symmetric (Ruiz) equilibration D K D, D ← D / √max_j |(DKD)_ij| a few times: a KKT
+            # matrix [[cH, −Aᵀ], [−A, 0]] of an objective scaled by c has cond ~ c² unscaled but
+            # the same cond (and, by Sylvester's law, the same inertia) after scaling. Its solve
+            # w = D (DKD)⁻¹ D r is the same w.
+            D = torch.ones(Kb0.shape[:2], dtype=dtype, device=dev)
+            for _ in range(8):
+                rmax = (D.unsqueeze(-1) * Kb0.detach() * D.unsqueeze(-2)).abs().amax(-1)
+                D = D * torch.where(rmax > 0, rmax.rsqrt(), torch.ones_like(rmax))
+        Kb = D.unsqueeze(-1) * Kb0 * D.unsqueeze(-2)
+        rb = D * rb0
         with torch.no_grad():
             # not positive definite: exact condition and inertia from the eigenvalues
             Ksym = 0.5 * (Kb + Kb.transpose(-1, -2)).detach()
@@ -104,6 +117,7 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
                 else:
                     rows.append(wb[j])
             wb = torch.stack(rows)
+        wb = D * wb
         w = w.index_put((idx,), wb)
         cond = cond.index_put((idx,), cond_b)
         n_neg = n_neg.index_put((idx,), neg_b)
@@ -112,7 +126,7 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
     # could never fire: they get 0 here and conditioning is judged by `cond` alone.
     residual = torch.zeros(b, dtype=dtype, device=dev)
     if bad.any():
-        residual = residual.index_put((idx,), _rel_residual(Kb, wb, rb).detach())
+        residual = residual.index_put((idx,), _rel_residual(Kb, wb / D, rb).detach())  # of D K D
     is_singular = (cond > cond_max) | ~torch.isfinite(w.detach().sum(-1)) | ~(residual <= 1e3 * N * eps_of(dtype))
     is_singular = is_singular | ~finite
     used_pinv = torch.zeros_like(pd)

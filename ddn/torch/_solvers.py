@@ -16,7 +16,7 @@ derivative of the iterates has converged too.
 """
 import torch
 
-from ._implicit import batched_hessian
+from ._implicit import batched_hessian, gradient_scale
 from . import _linalg
 
 __all__ = []
@@ -52,21 +52,33 @@ def _shifted_cholesky(H):
     return L, mu
 
 
-def newton(fn, y0, *, tol, max_iter, differentiable=False, max_backtrack=40):
+def _scale(K, z):
+    """``max(1, ‖K (1 + |z|)‖_∞)`` per element: the size of the gradient's terms (gradient_scale)."""
+    Kd = K.detach()
+    return gradient_scale((Kd @ (1 + z.detach().abs()).unsqueeze(-1)).squeeze(-1))
+
+
+def newton(fn, y0, *, tol, max_iter, differentiable=False, max_backtrack=40, scale=None):
     """Minimise ``fn(y) -> (b,)`` over ``y`` (b, m) from ``y0``.
 
-    Returns ``(y, info)``, ``info = {"converged": (b,) bool, "iterations": int, "grad_norm": (b,)}``;
-    converged means ``‖∇f‖ ≤ tol``.
+    Returns ``(y, info)``, ``info = {"converged": (b,) bool, "iterations": int, "grad_norm": (b,),
+    "scale": (b,)}``; converged means ``‖∇f‖ ≤ tol · s`` with ``s = max(1, ‖H (1 + |y|)‖_∞)``,
+    ``H = D²_YY f`` (see ``_implicit.gradient_scale``): relative to the size of the gradient's terms,
+    so an objective multiplied by 10⁴ converges at the same iterate (an absolute test would ask
+    float32 for a gradient below its round-off). ``scale`` (b,) fixes ``s`` instead (the
+    augmented Lagrangian passes that of ``f``: its penalty term must not loosen the test).
     """
     y = y0 if differentiable else y0.detach()
     b = y.shape[0]
     rt = 100 * torch.finfo(y.dtype).eps  # f is flat to round-off within rt·(1 + |f|)
     gn = torch.full((b,), float("inf"), dtype=y.dtype, device=y.device)
+    sc = torch.ones_like(gn)
     it = 0
     for it in range(max_iter + 1):
         f, g, H = _grad_and_hessian(fn, y, differentiable)
         gn = g.detach().norm(dim=-1)
-        conv = gn <= tol
+        sc = _scale(H, y) if scale is None else scale  # s = max(1, ‖H (1 + |y|)‖_∞)
+        conv = gn <= tol * sc
         if bool(conv.all()) or it == max_iter:
             if differentiable and y.requires_grad:
                 # one full Newton step for all: the derivative of the iterate converges too
@@ -98,14 +110,15 @@ def newton(fn, y0, *, tol, max_iter, differentiable=False, max_backtrack=40):
             break  # every unconverged element stalled (round-off); report below
     if not differentiable:
         y = y.detach()
-    return y, {"converged": gn <= tol, "iterations": it, "grad_norm": gn}
+    return y, {"converged": gn <= tol * sc, "iterations": it, "grad_norm": gn, "scale": sc}
 
 
 def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=30):
     """Solve ``∇_z ℒ(z) = 0`` (``lagr(z) -> (b,)``) by Newton's method on the (symmetric, indefinite)
     KKT matrix ``K = ∇²_zz ℒ`` with a backtracking line search on ``‖∇ℒ‖``.
 
-    Returns ``(z, info)`` with ``converged`` (‖∇ℒ‖ ≤ tol), ``iterations``, ``grad_norm``.
+    Returns ``(z, info)`` with ``converged`` (``‖∇ℒ‖ ≤ tol · s``, ``s = max(1, ‖K (1 + |z|)‖_∞)``, the
+    size of the gradient's terms, as in :func:`newton`), ``iterations``, ``grad_norm``, ``scale``.
     """
     z = z0 if differentiable else z0.detach()
 
@@ -115,12 +128,13 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
             (gk,) = torch.autograd.grad(lagr(zk).sum(), zk)
         return gk
 
-    gn = None
+    gn = sc = None
     it = 0
     for it in range(max_iter + 1):
         _, g, K = _grad_and_hessian(lagr, z, differentiable)
         gn = g.detach().norm(dim=-1)
-        conv = gn <= tol
+        sc = _scale(K, z)  # s = max(1, ‖K (1 + |z|)‖_∞)
+        conv = gn <= tol * sc
         if bool(conv.all()) or it == max_iter:
             if differentiable and z.requires_grad:
                 z = z - _linalg.solve_dense(K, g)[0]
@@ -144,7 +158,7 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
             break
     if not differentiable:
         z = z.detach()
-    return z, {"converged": gn <= tol, "iterations": it, "grad_norm": gn}
+    return z, {"converged": gn <= tol * sc, "iterations": it, "grad_norm": gn, "scale": sc}
 
 
 def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40, rho0=10.0):
@@ -183,7 +197,9 @@ def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40
                 val = val + ((torch.relu(mu_ + r.unsqueeze(-1) * gv) ** 2 - mu_ ** 2).sum(-1)) / (2 * r)
             return val
 
-        y, ninfo = newton(aug, y, tol=tol, max_iter=max_iter)
+        # the inner test is relative to the scale of f's gradient terms, not of the penalty ρ‖h‖²
+        _, _, Hf = _grad_and_hessian(f, y, False)
+        y, ninfo = newton(aug, y, tol=tol, max_iter=max_iter, scale=_scale(Hf, y))
         inner_ok = ninfo["converged"]
         with torch.no_grad():
             viol = y.new_zeros(b)

@@ -70,10 +70,14 @@ class DeclarativeNode:
         singular: ``None`` (report singular ``H``), ``"pinv"`` or ``"proximal"`` (opt-in remedies).
         proximal_delta: δ of ``H + δI`` for ``singular="proximal"``.
         on_degenerate: ``"warn"`` (DDNWarning) or ``"error"`` (DDNError).
-        residual_tol: optimality residual above which the gradient is reported (1e-6 / 1e-3 by dtype).
+        residual_tol: the gradient is reported where the optimality residual ‖∇ℒ‖ exceeds
+            ``residual_tol · s`` (1e-6 / 1e-3 by dtype), ``s = max(1, ‖K (1 + |z|)‖_∞)`` the size of
+            the gradient's terms (``K = ∇²ℒ``, ``z = y`` or ``(y, λ)``): scale-aware, so the
+            objective multiplied by 10⁴ gives the same verdict.
         active_tol: an inequality is active when ``g > −active_tol`` (1e-6 / 1e-3 by dtype); also the
             tolerance of the multiplier sign and weak-activity checks (relative to ‖∇_Y f‖).
-        solver_tol, solver_max_iter: of the default forward solver (‖∇ℒ‖ ≤ solver_tol).
+        solver_tol, solver_max_iter: of the default forward solver (converged when
+            ‖∇ℒ‖ ≤ solver_tol · s, the same scale s; 1e-10 / 1e-5 by dtype).
     """
 
     floor = "torch"
@@ -166,7 +170,8 @@ class DeclarativeNode:
         """Per-element findings at the solution: ``residual`` ‖∇ℒ‖, ``cond_H`` (of ``H`` reduced to the
         tangent space of the active constraints), ``active_rank`` and ``n_active`` (rank and rows of
         the equality + active inequality Jacobian), ``weakly_active``
-        (list of (element, constraint) pairs), ``multipliers``. Warnings are raised as usual."""
+        (list of (element, constraint) pairs), ``multipliers``, ``residual_scale`` (s, which
+        ``residual_tol`` multiplies). Warnings are raised as usual."""
         if y is None:
             y, ctx = self._solve_detached(xs)
         xs_d = tuple(x.detach() for x in xs)
@@ -193,7 +198,7 @@ class DeclarativeNode:
                 continue
             ev = torch.linalg.eigvalsh(0.5 * (He + He.T)).abs()
             cond.append(float(ev.max() / ev.min()) if ev.min() > 0 else float("inf"))
-        return {"residual": info["residual"], "cond_H": torch.tensor(cond, dtype=torch.float64),
+        return {"residual": info["residual"], "residual_scale": info["residual_scale"], "cond_H": torch.tensor(cond, dtype=torch.float64),
                 "active_rank": rank or None, "n_active": n_act or None,
                 "weakly_active": info.get("weakly_active", []), "multipliers": info.get("lam"),
                 "y": y, "ctx": ctx}
