@@ -312,3 +312,50 @@ def progress(iterable, **kw):
 
 def timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def run_training(cfg, make_model, batches, *, device, path=None, name="model",
+                 show_progress=True, stop_after_epochs=None):
+    """The SGD training loop shared by the experiments, resumable exactly.
+
+    Seeds everything from ``cfg.seed``, builds ``make_model()`` on ``device``, SGD with
+    ``cfg.lr``/``momentum``/``weight_decay`` and a step schedule (``cfg.lr_step``, ``lr_gamma``),
+    resumes from the checkpoint at ``path`` when there is one, then runs the remaining epochs of
+    ``cfg.epochs``: ``batches(epoch) -> (iterable of (x, y), number of batches)`` (its randomness
+    must come from ``epoch_generator(seed, epoch)`` alone), cross-entropy loss, a checkpoint after
+    every epoch. ``stop_after_epochs`` stops after that many epochs of this call (a simulated
+    kill, for the resume tests). Returns ``(model, finished_epochs)``.
+    """
+    import torch.nn.functional as F
+
+    seed_everything(cfg.seed)
+    model = make_model().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma)
+    start = 0
+    if path is not None:
+        ck = load_checkpoint(path, model, opt, sched, map_location=device)
+        start = ck["epoch"] if ck else 0
+    done = 0
+    for epoch in range(start, cfg.epochs):
+        if stop_after_epochs is not None and done >= stop_after_epochs:
+            break
+        model.train()
+        it, total = batches(epoch)
+        bar = progress(it, total=total, disable=not show_progress, leave=False,
+                       desc=f"{name} ep {epoch + 1}/{cfg.epochs}")
+        for x, y in bar:
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            if not torch.isfinite(loss):
+                raise DDNError(f"non-finite training loss for {name} at epoch {epoch + 1}; "
+                               "lower the learning rate (or, for projections, the pre-scale)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        sched.step()
+        done += 1
+        if path is not None:
+            save_checkpoint(path, model, opt, sched, epoch + 1)
+    return model, start + done

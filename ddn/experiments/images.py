@@ -51,9 +51,9 @@ import torch.nn.functional as F
 from ddn import DDNError
 from ddn.utils import is_smoke
 
-from .common import (append_results, checkpoint_lock, choose_device, classification_metrics, config_hash,
-                     epoch_generator, format_table, load_checkpoint, paper_table, progress,
-                     read_results, results_dir, save_checkpoint, seed_everything, timestamp)
+from .common import (append_results, checkpoint_lock, choose_device, classification_metrics,
+                    config_hash, run_training, epoch_generator, format_table, paper_table,
+                    read_results, results_dir, timestamp)
 
 __all__ = [
     "ImageConfig", "PRESETS", "preset", "VARIANTS", "variant_name", "parse_variant", "expected_norm", "auto_scale",
@@ -493,41 +493,17 @@ def _train_model(cfg: ImageConfig, variant: str, data, device=None, checkpoint_d
     simulates a kill after that many epochs of this call. Returns ``(model, finished_epochs)``."""
     device = choose_device(device)
     train, _, classes, cin = data
-    seed_everything(cfg.seed)
-    model = build_model(cfg, variant, len(classes), cin).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma)
     path = checkpoint_path(cfg, variant, checkpoint_dir) if checkpoint_dir else None
-    start = 0
-    if path is not None:
-        ck = load_checkpoint(path, model, opt, sched, map_location=device)
-        start = ck["epoch"] if ck else 0
-    done = 0
-    for epoch in range(start, cfg.epochs):
-        if stop_after_epochs is not None and done >= stop_after_epochs:
-            break
-        model.train()
+
+    def batches(epoch):
         g = epoch_generator(cfg.seed, epoch)
         order = torch.randperm(len(train), generator=g)
-        nb = len(order) // cfg.batch_size
-        bar = progress(_iterate(train, order, cfg.batch_size, epoch, g, cfg.num_workers, True),
-                       total=nb, disable=not show_progress, leave=False,
-                       desc=f"{variant} ep {epoch + 1}/{cfg.epochs}")
-        for x, y in bar:
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
-            if not torch.isfinite(loss):
-                raise DDNError(f"non-finite training loss for {variant!r} at epoch {epoch + 1}; "
-                               f"lower the learning rate or change the pre-scale")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        sched.step()
-        done += 1
-        if path is not None:
-            save_checkpoint(path, model, opt, sched, epoch + 1)
-    return model, start + done
+        return (_iterate(train, order, cfg.batch_size, epoch, g, cfg.num_workers, True),
+                len(order) // cfg.batch_size)
+
+    return run_training(cfg, lambda: build_model(cfg, variant, len(classes), cin), batches,
+                        device=device, path=path, name=repr(variant),
+                        show_progress=show_progress, stop_after_epochs=stop_after_epochs)
 
 
 train_model.__doc__ = _train_model.__doc__

@@ -41,9 +41,9 @@ from torch import nn
 from ddn import DDNError
 from ddn.utils import is_smoke
 
-from .common import (append_results, checkpoint_lock, choose_device, classification_metrics, config_hash,
-                     epoch_generator, format_table, load_checkpoint, paper_table, progress,
-                     read_results, results_dir, save_checkpoint, seed_everything, timestamp)
+from .common import (append_results, checkpoint_lock, choose_device, classification_metrics,
+                    config_hash, run_training, epoch_generator, format_table, paper_table,
+                    read_results, results_dir, timestamp)
 
 __all__ = [
     "PointCloudConfig", "PRESETS", "preset", "SHAPE_FAMILIES", "make_synthetic_shapes",
@@ -444,44 +444,24 @@ def _train_model(cfg: PointCloudConfig, pooling: str, train_outlier_pct: float, 
     device = choose_device(device)
     xtr, ytr = data[0], data[1]
     num_classes = len(data[4])
-    seed_everything(cfg.seed)
-    model = PointNet(num_classes, pooling, cfg.alpha, cfg.width, cfg.dropout).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma)
     path = checkpoint_path(cfg, pooling, train_outlier_pct, checkpoint_dir) if checkpoint_dir else None
-    start = 0
-    if path is not None:
-        ck = load_checkpoint(path, model, opt, sched, map_location=device)
-        start = ck["epoch"] if ck else 0
-    loss_fn = nn.CrossEntropyLoss()
-    done = 0
-    for epoch in range(start, cfg.epochs):
-        if stop_after_epochs is not None and done >= stop_after_epochs:
-            break
-        model.train()
+
+    def batches(epoch):
         g = epoch_generator(cfg.seed, epoch)
-        bar = progress(list(_batches(len(xtr), cfg.batch_size, g)), disable=not show_progress,
-                       desc=f"{pooling} out{train_outlier_pct:g}% ep {epoch + 1}/{cfg.epochs}",
-                       leave=False)
-        for idx in bar:
-            x = xtr[idx]
-            if train_outlier_pct > 0:
-                x, _ = add_outliers(x, train_outlier_pct / 100, g)
-            x, y = x.to(device), ytr[idx].to(device)
-            loss = loss_fn(model(x), y)
-            if not torch.isfinite(loss):
-                raise DDNError(f"non-finite training loss with pooling {pooling!r} at epoch "
-                               f"{epoch + 1}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        sched.step()
-        done += 1
-        if path is not None:
-            save_checkpoint(path, model, opt, sched, epoch + 1)
-    return model, start + done
+        idxs = list(_batches(len(xtr), cfg.batch_size, g))
+
+        def gen():
+            for idx in idxs:
+                x = xtr[idx]
+                if train_outlier_pct > 0:
+                    x, _ = add_outliers(x, train_outlier_pct / 100, g)
+                yield x, ytr[idx]
+        return gen(), len(idxs)
+
+    return run_training(
+        cfg, lambda: PointNet(num_classes, pooling, cfg.alpha, cfg.width, cfg.dropout), batches,
+        device=device, path=path, name=f"{pooling} out{train_outlier_pct:g}%",
+        show_progress=show_progress, stop_after_epochs=stop_after_epochs)
 
 
 @torch.no_grad()
