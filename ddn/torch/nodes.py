@@ -25,6 +25,7 @@ Parameters θ of the objective are inputs like any other: pass them to the layer
 ``nn.Module`` may instead hold θ as ``nn.Parameter``s: ``DeclarativeLayer`` back-propagates to them.
 """
 import numbers
+import warnings
 
 import torch
 from torch import nn
@@ -151,16 +152,25 @@ class DeclarativeNode:
     def jacobian(self, *xs, y=None, ctx=None):
         """``Dy(x)`` per input as ``(b, m, n_i)`` (flattened y and x_i), from m VJPs. For tests and
         small problems; back-propagation never builds it. A single input gives a tensor; an input
-        that is not floating point gives None."""
+        that is not floating point gives None. Each distinct warning of the m VJPs (a degenerate
+        point is found by every one of them) is emitted once per call."""
         if y is None:
             y, ctx = self._solve_detached(xs)
         b = y.shape[0]
         m = y[0].numel()
         rows = []
-        for j in range(m):
-            v = torch.zeros(b, m, dtype=y.dtype, device=y.device)
-            v[:, j] = 1
-            rows.append(self.vjp(*xs, v=v.reshape(y.shape), y=y, ctx=ctx, linear_solver="dense"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for j in range(m):
+                v = torch.zeros(b, m, dtype=y.dtype, device=y.device)
+                v[:, j] = 1
+                rows.append(self.vjp(*xs, v=v.reshape(y.shape), y=y, ctx=ctx, linear_solver="dense"))
+        seen = set()
+        for w in caught:  # re-emitted outside the catch: the caller's filters apply, once each
+            key = (w.category, str(w.message))
+            if key not in seen:
+                seen.add(key)
+                warnings.warn(w.message, stacklevel=2)
         # an input that is not floating point (an index, a count) has no Jacobian: None
         out = tuple(None if rows[0][i] is None else torch.stack([r[i].reshape(b, -1) for r in rows], 1)
                     for i in range(len(xs)))
