@@ -359,3 +359,21 @@ def run_training(cfg, make_model, batches, *, device, path=None, name="model",
         if path is not None:
             save_checkpoint(path, model, opt, sched, epoch + 1)
     return model, start + done
+
+
+def apply_preset(config_cls, presets: dict, name: str | None, overrides: dict, what: str):
+    """``config_cls`` filled from ``presets[name]`` (default ``smoke`` under DDN_SMOKE, else
+    ``cpu``), then ``overrides`` applied (``None`` values skipped); unknown names are DDNErrors."""
+    from ddn.utils import is_smoke
+
+    name = name or ("smoke" if is_smoke() else "cpu")
+    if name not in presets:
+        raise DDNError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+    cfg = config_cls(preset=name, **presets[name])
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if not hasattr(cfg, k):
+            raise DDNError(f"unknown setting {k!r} for the {what} experiment")
+        setattr(cfg, k, v)
+    return cfg

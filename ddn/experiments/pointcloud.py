@@ -39,9 +39,8 @@ import torch
 from torch import nn
 
 from ddn import DDNError
-from ddn.utils import is_smoke
 
-from .common import (append_results, checkpoint_lock, choose_device, classification_metrics,
+from .common import (append_results, apply_preset, checkpoint_lock, choose_device, classification_metrics,
                     config_hash, run_training, epoch_generator, format_table, paper_table,
                     read_results, results_dir, timestamp)
 
@@ -104,17 +103,7 @@ PRESETS = {
 def preset(name: str | None = None, **overrides) -> PointCloudConfig:
     """The configuration of preset ``name`` (default: ``smoke`` under ``DDN_SMOKE``, else
     ``cpu``), with ``overrides`` applied."""
-    name = name or ("smoke" if is_smoke() else "cpu")
-    if name not in PRESETS:
-        raise DDNError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    cfg = PointCloudConfig(preset=name, **PRESETS[name])
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        if not hasattr(cfg, k):
-            raise DDNError(f"unknown setting {k!r} for the point-cloud experiment")
-        setattr(cfg, k, v)
-    return cfg
+    return apply_preset(PointCloudConfig, PRESETS, name, overrides, "point-cloud")
 
 
 # ============================================================================ data
