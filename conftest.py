@@ -1,4 +1,4 @@
-"""pytest settings for running the notebooks under nbval (``make test-notebooks``):
+"""Root pytest settings; they act only when notebooks run under nbval (``make test-notebooks``):
 
     DDN_SMOKE=1 python -m pytest -q --nbval-lax -p no:cacheprovider notebooks
 
