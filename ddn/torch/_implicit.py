@@ -74,6 +74,7 @@ def batched_jacobian(g, z, *, create_graph=False):
     eye = torch.eye(P, dtype=z.dtype, device=z.device)
     try:
         parts = []
+        out = None
         for s in range(0, P, chunk):
             basis = eye[s:s + chunk].unsqueeze(1).expand(-1, b, P)  # rows s.. of the identity
             (Kc,) = torch.autograd.grad(g, z, grad_outputs=basis, is_grads_batched=True,
@@ -81,7 +82,16 @@ def batched_jacobian(g, z, *, create_graph=False):
                                         allow_unused=True)
             if Kc is None:
                 return torch.zeros(b, P, N, dtype=z.dtype, device=z.device)
-            parts.append(Kc)
+            if chunk < P and not create_graph:
+                # several chunks: write each straight into a contiguous (b, P, N) result (no cat,
+                # and the Cholesky that follows needs no copy of a transposed view)
+                if out is None:
+                    out = torch.empty(b, P, N, dtype=Kc.dtype, device=Kc.device)
+                out[:, s:s + Kc.shape[0]] = Kc.transpose(0, 1)
+            else:
+                parts.append(Kc)
+        if out is not None:
+            return out
         K = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
     except RuntimeError:
         # An op without a batching rule: fall back to one product per coordinate.
