@@ -2,6 +2,7 @@
 
     python bench/nodes/bench_backward.py            # full run (~3 min on the shared 2-core CPU)
     python bench/nodes/bench_backward.py --quick    # m ∈ {8, 32} only (also under DDN_SMOKE=1)
+    python bench/nodes/bench_backward.py --device cuda   # on a GPU: writes results-cuda.json
 
 Two problems (batch b = 16, x and y in R^m, pseudo-Huber ρ(z) = √(1 + z²) − 1):
 
@@ -31,6 +32,9 @@ not yet freed by torch's CPU allocator during the backward, from torch.profiler'
 (profile_memory=True) in time order; memory held before the backward starts (x, y, the saved
 graph) is not counted. For unroll the graph kept by the forward is reported separately ("graph
 kept"). At m = 256 the dense backward is also timed step by step (dense_breakdown in the JSON).
+
+On CUDA (--device cuda) every timed call is bracketed by torch.cuda.synchronize(), and the peak
+memory is torch.cuda.max_memory_allocated() during the backward minus what was allocated before.
 """
 import argparse
 import json
@@ -129,8 +133,8 @@ def naive_rows(node, x, y):
         xr = x.detach().requires_grad_()
         yr = y.detach().requires_grad_()
         (g,) = torch.autograd.grad(node.objective(xr, yr).sum(), yr, create_graph=True)  # ∇_Y f
-        H = torch.empty(b, m, m, dtype=y.dtype)
-        B = torch.empty(b, m, x.shape[1], dtype=y.dtype)
+        H = torch.empty(b, m, m, dtype=y.dtype, device=y.device)
+        B = torch.empty(b, m, x.shape[1], dtype=y.dtype, device=y.device)
         for i in range(m):
             gi = g[:, i].sum()
             H[:, i] = torch.autograd.grad(gi, yr, retain_graph=True)[0]  # row i of H
@@ -153,8 +157,34 @@ def naive_backward(node, x, y, v):
     return naive_solve(H, B, v)
 
 
+DEVICE = torch.device("cpu")  # set by main(--device)
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def timed(fn):
+    """Wall time of fn() in seconds (the device synchronized before and after)."""
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
 def peak_bytes(fn):
-    """Peak of (allocated − freed) bytes over torch CPU memory events while fn() runs."""
+    """Peak of (allocated − freed) bytes while fn() runs, and the net bytes it leaves allocated.
+    CPU: torch CPU allocator memory events, in time order. CUDA: the allocator's peak counter."""
+    if DEVICE.type == "cuda":
+        sync()
+        base = torch.cuda.memory_allocated(DEVICE)
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        fn()
+        sync()
+        return (torch.cuda.max_memory_allocated(DEVICE) - base,
+                torch.cuda.memory_allocated(DEVICE) - base)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     evs = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
@@ -173,8 +203,13 @@ def machine():
                      if line.startswith("Model name"))
     except Exception:
         model = platform.processor() or "unknown"
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version()}
+    info = {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "device": str(DEVICE)}
+    if DEVICE.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(DEVICE)
+        info["cuda"] = torch.version.cuda
+    return info
 
 
 def main(argv=None):
@@ -184,7 +219,8 @@ def main(argv=None):
     ap.add_argument("--sizes", type=int, nargs="*", default=[8, 32, 128, 256, 512])
     ap.add_argument("--naive-max", type=int, default=512, help="largest m for the naive method")
     ap.add_argument("--unroll-max", type=int, default=256, help="largest m for unroll (memory)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--breakdown-m", type=int, default=256,
                     help="m at which the dense backward is timed step by step")
     ap.add_argument("--problems", nargs="*", default=["dense-W", "smooth"],
@@ -192,13 +228,18 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="default: bench/nodes/results.json (a temporary "
                     "file for --quick, so that a smoke run never overwrites the measured table)")
     args, _ = ap.parse_known_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available here")
     if args.quick or os.environ.get("DDN_SMOKE", "") not in ("", "0"):
         args.sizes = [8, 32]
         args.quick = True
     if args.out is None:
         import tempfile
         args.out = (str(Path(tempfile.gettempdir()) / "ddn-bench-nodes-quick.json") if args.quick
-                    else str(HERE / "results.json"))
+                    else str(HERE / ("results.json" if DEVICE.type == "cpu"
+                                     else f"results-{DEVICE.type}.json")))
     torch.set_num_threads(args.threads)
     dt = torch.float64
     b = args.batch
@@ -212,10 +253,10 @@ def main(argv=None):
     for prob in args.problems:
         for m in args.sizes:
             torch.manual_seed(m)
-            x = torch.randn(b, m, dtype=dt)
-            v = torch.randn(b, m, dtype=dt)
+            x = torch.randn(b, m, dtype=dt).to(DEVICE)
+            v = torch.randn(b, m, dtype=dt).to(DEVICE)
             if prob == "dense-W":
-                W = torch.randn(m, m, dtype=dt) / m ** 0.5
+                W = (torch.randn(m, m, dtype=dt) / m ** 0.5).to(DEVICE)
 
                 def make(y_star=None, **kw):
                     return DenseW(W, y_star, **kw)
@@ -281,9 +322,7 @@ def dense_breakdown(node, x, y, v, reps=5):
         times = {k: [] for k in steps}
         for _ in range(reps):
             for k, fn in steps.items():
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(timed(fn))
     return {k: statistics.median(t) for k, t in times.items()}
 
 
@@ -332,9 +371,7 @@ def bench_one(prob, m, b, x, y_star, v, make, args):
             if k == "unroll" and m > 128 and times[k]:
                 continue  # one run of unroll beyond m = 128 (seconds each)
             run = prepare[k]()
-            t0 = time.perf_counter()
-            run()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(timed(run))
     for k in names:
         run = prepare[k]()
         peaks[k] = peak_bytes(run)[0]

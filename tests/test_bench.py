@@ -1,0 +1,61 @@
+"""The benchmark scripts still run (smallest sizes; the numbers themselves are not checked here:
+benchmarks are scripts that measure their baseline in the same run, never timed tests)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, tmp_path):
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, *args, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_node_backward_bench_runs_and_checks_every_method(tmp_path):
+    # the script asserts each method against the closed form before timing it
+    data, stdout = _run(["bench/nodes/bench_backward.py", "--sizes", "8", "--breakdown-m", "8"],
+                        tmp_path)
+    methods = {(r["problem"], r["method"]) for r in data["rows"]}
+    for prob in ("dense-W", "smooth"):
+        for meth in ("closed-form", "naive", "dense", "cg", "unroll"):
+            assert (prob, meth) in methods
+    assert all(r["backward_s"] > 0 for r in data["rows"])
+    assert data["machine"]["device"] == "cpu"
+    assert set(data["dense_breakdown"]) == {"dense-W", "smooth"}
+    assert "naive" in stdout
+
+
+def test_node_backward_bench_refuses_missing_cuda(tmp_path):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("CUDA present")
+    proc = subprocess.run([sys.executable, "bench/nodes/bench_backward.py", "--device", "cuda",
+                           "--sizes", "8", "--out", str(tmp_path / "x.json")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "CUDA is not available" in proc.stderr
+
+
+def test_device_check_script_runs_on_cpu(tmp_path):
+    """bench/device/check.sh is meant for a GPU machine; DDN_CHECK_DEVICE=cpu runs its steps here
+    so that the script cannot rot between the sessions that have a GPU."""
+    import os
+    from pathlib import Path as P
+    if not (P(ROOT / ".devdata/fashion-mnist").is_dir()
+            or P("/usr/share/datasets/fashion-mnist").is_dir()):
+        pytest.skip("no Fashion-MNIST (make data)")
+    env = dict(os.environ, DDN_CHECK_DEVICE="cpu", DDN_CHECK_SIZES="8", PYTHON=sys.executable,
+               OUT=str(tmp_path / "out"))
+    proc = subprocess.run(["bash", "bench/device/check.sh"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "device check: passed" in proc.stdout
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["bench-nodes-cpu.json", "bench-nodes.log", "env.txt", "images-smoke-cpu.csv",
+                     "images-smoke.log", "pointcloud-smoke-cpu.csv", "pointcloud-smoke.log"]
+    assert len(names) <= 8  # the device tool returns at most 8 files
