@@ -29,6 +29,10 @@ Inside the ball the sphere pushes outward (p = 2 scales; p = 1 adds ``τ sign(x_
 overflow or underflow). For p = 1 and the simplex the threshold is found on values shifted by
 their maximum, so ``|x| ≫ r`` keeps its accuracy; as a safety net, rows whose result misses the
 radius by more than 1% raise a ``DDNWarning`` (rescale ``x`` or use float64).
+
+Second derivatives: under ``create_graph=True`` the backward runs in differentiable torch ops
+(double backward, gradgradcheck-tested); for p = 1, ∞ and the simplex the Jacobian is piecewise
+constant, so their second derivative is zero away from the faces' boundaries.
 """
 import warnings
 
@@ -171,18 +175,23 @@ class _ProjectFn(torch.autograd.Function):
         if p == 2 and kind == "sphere" and bool((aux == 0).any()):
             warnings.warn("project_sphere(p=2) of x = 0: every point of the sphere is nearest; "
                           "returning r·1/√n with a zero gradient w.r.t. x", DDNWarning, stacklevel=3)
-        ctx.save_for_backward(y, r, aux)
+        ctx.save_for_backward(x, y, r, aux)
         ctx.cfg = (p, kind, masked, use_kernel)
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, v):
-        y, r, aux = ctx.saved_tensors
+        # Grad mode is on here only under create_graph=True: then the eager formulas run in torch
+        # ops on the saved input and output, so autograd differentiates the backward itself
+        # (double backward). For p = 2 the norm ‖x‖ is recomputed from x to keep it in the graph;
+        # for p = 1, ∞ and the simplex the Jacobian is piecewise constant (zero second derivative).
+        x, y, r, aux = ctx.saved_tensors
         p, kind, masked, use_kernel = ctx.cfg
-        if use_kernel:
+        if use_kernel and not torch.is_grad_enabled():
             gx, gr = _kernels.proj_backward(v.contiguous(), y, r.contiguous(), aux, p, kind, masked)
         else:
+            if torch.is_grad_enabled() and p == 2 and kind != "simplex":
+                aux = torch.where(aux > 0, x.norm(dim=-1), aux)
             gx, gr = _backward_eager(v, y, r, aux, p, kind, masked)
         return gx, (gr if ctx.needs_input_grad[1] else None), None, None, None, None
 
