@@ -118,7 +118,9 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
     KKT matrix ``K = ∇²_zz ℒ`` with a backtracking line search on ``‖∇ℒ‖``.
 
     Returns ``(z, info)`` with ``converged`` (``‖∇ℒ‖ ≤ tol · s``, ``s = max(1, ‖K (1 + |z|)‖_∞)``, the
-    size of the gradient's terms, as in :func:`newton`), ``iterations``, ``grad_norm``, ``scale``.
+    size of the gradient's terms, as in :func:`newton`), ``iterations``, ``grad_norm``, ``scale``,
+    ``stalled`` (unconverged elements whose line search found no decrease at some iteration: the
+    Newton direction was useless there, e.g. a singular KKT matrix — not merely out of iterations).
     """
     z = z0 if differentiable else z0.detach()
 
@@ -129,6 +131,7 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
         return gk
 
     gn = sc = None
+    stalled = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
     it = 0
     for it in range(max_iter + 1):
         _, g, K = _grad_and_hessian(lagr, z, differentiable)
@@ -151,6 +154,7 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
                     break
                 t = torch.where(ok, t, 0.5 * t)
             t = torch.where(conv | ~ok, torch.zeros_like(t), t)
+            stalled = stalled | (~conv & ~ok)
         if differentiable:
             d = -_linalg.solve_dense(K, g)[0]
         z = z + t.unsqueeze(-1) * d
@@ -158,7 +162,9 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
             break
     if not differentiable:
         z = z.detach()
-    return z, {"converged": gn <= tol * sc, "iterations": it, "grad_norm": gn, "scale": sc}
+    conv = gn <= tol * sc
+    return z, {"converged": conv, "iterations": it, "grad_norm": gn, "scale": sc,
+               "stalled": stalled & ~conv}
 
 
 def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40, rho0=10.0):

@@ -434,7 +434,9 @@ class EqConstrainedNode(DeclarativeNode):
     """``y(x) ∈ argmin_u f(x, u)  s.t.  h(x, u) = 0`` (Prop. 4.5); backward solves the KKT system
     ``[[H, −Aᵀ], [−A, 0]] w = [v; 0]`` (``H = D²_YY L``, ``A = D_Y h``) and takes one VJP of the
     first-order conditions. Implement ``objective`` and ``equality_constraints(*xs, y) -> (b, p)``.
-    The default solver is Newton on the KKT system (local SQP) from ``initial_guess`` and ``λ = 0``.
+    The default solver is Newton on the KKT system (local SQP) from ``initial_guess`` and ``λ = 0``;
+    elements where it stalls (e.g. ``∇h = 0`` at the initial guess, as for ``‖y‖² = 1`` at ``y = 0``)
+    are solved again by an augmented Lagrangian (not under ``linear_solver="unroll"``).
     Multipliers: ``ctx["multipliers"]`` if the solver gives them (convention ``L = f − λᵀh``), else
     least squares ``λ = (AAᵀ)⁻¹ A ∇_Y f`` (Eq. 32).
     """
@@ -458,10 +460,29 @@ class EqConstrainedNode(DeclarativeNode):
             return self._f(xs, yy) - (z[:, m:] * _as_2d(self.equality_constraints(*xs, yy), b)).sum(-1)
 
         z0 = torch.cat([y0.reshape(b, m), y0.new_zeros(b, p)], 1)
+        differentiable = self._differentiable(xs)
         z, info = _solvers.newton_kkt(lagr, z0, tol=self._solver_tol(y0), max_iter=self.solver_max_iter,
-                                      differentiable=self._differentiable(xs))
-        return z[:, :m].reshape(b, *shape), {"multipliers": z[:, m:].detach(),
-                                             "converged": info["converged"]}
+                                      differentiable=differentiable)
+        conv = info["converged"]
+        if not differentiable and bool(info["stalled"].any()):
+            # Local SQP stalled for some elements (its line search found no decrease), typically
+            # from a KKT matrix that is singular at the initial guess (h = ‖y‖² − 1 at y = 0 has
+            # ∇h = 0). Retry those with the augmented Lagrangian, which needs no regular starting
+            # point, then polishes with Newton-KKT. (Elements that merely ran out of
+            # solver_max_iter are not retried: they are reported as not converged.)
+            def f(yf):
+                return self._f(xs, yf.reshape(b, *shape))
+
+            def h(yf):
+                return _as_2d(self.equality_constraints(*xs, yf.reshape(b, *shape)), b)
+
+            y_al, lam_al, _, al_info = _solvers.augmented_lagrangian(
+                f, h, None, y0.reshape(b, m), tol=self._solver_tol(y0),
+                max_iter=self.solver_max_iter, active_tol=self._active_tol(y0))
+            use = info["stalled"] & al_info["converged"]
+            z = torch.where(use.unsqueeze(-1), torch.cat([y_al, lam_al], -1), z)
+            conv = conv | use
+        return z[:, :m].reshape(b, *shape), {"multipliers": z[:, m:].detach(), "converged": conv}
 
 
 class IneqConstrainedNode(EqConstrainedNode):
