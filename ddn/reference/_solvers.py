@@ -146,12 +146,25 @@ def constrained_solve(node, x):
         opts["ftol"] = 1e-15
     else:
         opts.update(gtol=1e-12, xtol=1e-14)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy's own chatter; we check the result ourselves
-        res = scipy.optimize.minimize(lambda u: float(f(u)), y0, jac=grad(f),
-                                      method=node.method, constraints=cons, options=opts)
-    y = np.asarray(res.x, dtype=float)
-    viol = node.violation(x, y) if np.all(np.isfinite(y)) else np.inf
+
+    def attempt(start):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy's own chatter; we check the result ourselves
+            r = scipy.optimize.minimize(lambda u: float(f(u)), start, jac=grad(f),
+                                        method=node.method, constraints=cons, options=opts)
+        yy = np.asarray(r.x, dtype=float)
+        return r, yy, (node.violation(x, yy) if np.all(np.isfinite(yy)) else np.inf)
+
+    res, y, viol = attempt(y0)
+    if not viol <= node.feas_tol:
+        # SLSQP's linearized constraints are singular where the constraint Jacobian is rank
+        # deficient, and the default initial guess (zeros) is often such a point (∇‖y‖² = 0 at
+        # y = 0). Retry once from a fixed small perturbation of y0 before giving up.
+        u = np.random.default_rng(0).standard_normal(node.m)
+        start = y0 + 0.1 * max(1.0, float(np.max(np.abs(y0)))) * u / np.linalg.norm(u)
+        res2, y2, viol2 = attempt(start)
+        if viol2 <= node.feas_tol or not viol2 >= viol:
+            res, y, viol = res2, y2, viol2
     if not viol <= node.feas_tol:
         raise DDNError(
             f"{type(node).__name__}.solve: no feasible point found (max constraint violation "
