@@ -59,3 +59,13 @@ def test_device_check_script_runs_on_cpu(tmp_path):
     assert names == ["bench-nodes-cpu.json", "bench-nodes.log", "env.txt", "images-smoke-cpu.csv",
                      "images-smoke.log", "pointcloud-smoke-cpu.csv", "pointcloud-smoke.log"]
     assert len(names) <= 8  # the device tool returns at most 8 files
+
+
+def test_op_counts_script_runs():
+    proc = subprocess.run([sys.executable, "bench/nodes/op_counts.py", "--m", "16", "--batch", "4"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] in (["dense-W"], ["smooth"])]
+    assert len(rows) == 2
+    for _, naive, chunks, one in rows:
+        assert int(naive) > int(chunks) >= int(one) > 0  # 2m autograd calls dispatch the most ops
