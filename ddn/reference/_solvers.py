@@ -160,9 +160,7 @@ def constrained_solve(node, x):
         # SLSQP's linearized constraints are singular where the constraint Jacobian is rank
         # deficient, and the default initial guess (zeros) is often such a point (∇‖y‖² = 0 at
         # y = 0). Retry once from a fixed small perturbation of y0 before giving up.
-        u = np.random.default_rng(0).standard_normal(node.m)
-        start = y0 + 0.1 * max(1.0, float(np.max(np.abs(y0)))) * u / np.linalg.norm(u)
-        res2, y2, viol2 = attempt(start)
+        res2, y2, viol2 = attempt(_perturbed(y0))
         if viol2 <= node.feas_tol or not viol2 >= viol:
             res, y, viol = res2, y2, viol2
     if not viol <= node.feas_tol:
@@ -175,9 +173,19 @@ def constrained_solve(node, x):
     return _finish(node, x, y, res.message)
 
 
+def _perturbed(y0):
+    """y0 moved by a fixed (seeded) random step of length 0.1·max(1, ‖y0‖∞): a second start for
+    a solver that stalled where the constraint Jacobian is rank deficient (e.g. ∇‖y‖² = 0 at
+    the default initial guess y0 = 0)."""
+    u = np.random.default_rng(0).standard_normal(y0.size)
+    return y0 + 0.1 * max(1.0, float(np.max(np.abs(y0)))) * u / np.linalg.norm(u)
+
+
 def feasibility_solve(node, x):
     """Find u with h(x, u) = 0 and g(x, u) ≤ 0 by least squares on [h; max(g, 0)] from
-    ``node.initial_guess(x)``, then polish by Newton on the active constraints."""
+    ``node.initial_guess(x)``, then polish by Newton on the active constraints. If that ends
+    infeasible, retry once from a fixed perturbation of the initial guess (least squares stalls
+    where D_Y h is rank deficient, e.g. at y0 = 0 for h = ‖y‖² − 1, the default guess)."""
     y0 = np.array(node.initial_guess(x), dtype=float).reshape(node.m)
 
     def r(u):
@@ -186,10 +194,17 @@ def feasibility_solve(node, x):
             parts.append(anp.maximum(node._ineq(x, u), 0.0))
         return anp.concatenate(parts)
 
-    res = scipy.optimize.least_squares(r, y0, jac=jacobian(r), xtol=1e-15, ftol=1e-15,
-                                       gtol=1e-15, max_nfev=50 * node.max_iter)
-    y = polish_kkt(node, x, np.asarray(res.x, dtype=float))
-    viol = node.violation(x, y)
+    def attempt(start):
+        res = scipy.optimize.least_squares(r, start, jac=jacobian(r), xtol=1e-15, ftol=1e-15,
+                                           gtol=1e-15, max_nfev=50 * node.max_iter)
+        y = polish_kkt(node, x, np.asarray(res.x, dtype=float))
+        return res, y, node.violation(x, y)
+
+    res, y, viol = attempt(y0)
+    if not viol <= node.feas_tol:
+        res2, y2, viol2 = attempt(_perturbed(y0))
+        if viol2 <= node.feas_tol or not viol2 >= viol:
+            res, y, viol = res2, y2, viol2
     if not viol <= node.feas_tol:
         raise DDNError(
             f"{type(node).__name__}.solve: no point satisfies the constraints (max violation "
