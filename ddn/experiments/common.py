@@ -53,7 +53,10 @@ def topk_accuracy(scores, labels, k: int = 1) -> float:
     if scores.ndim != 2 or labels.shape != scores.shape[:1]:
         raise DDNError(f"scores must be (N, C) and labels (N,); got {tuple(scores.shape)} "
                        f"and {tuple(labels.shape)}")
-    k = min(k, scores.shape[1])
+    if int(k) != k or k < 1:
+        raise DDNError(f"top-k accuracy needs an integer k >= 1; got {k!r}")
+    _check_scores_labels(scores, labels, scores.shape[1])
+    k = min(int(k), scores.shape[1])
     top = scores.topk(k, dim=1).indices
     return (top == labels[:, None]).any(dim=1).double().mean().item()
 
@@ -69,6 +72,13 @@ def average_precision(scores, positive) -> float:
     """
     s = np.asarray(scores, dtype=np.float64)
     pos = np.asarray(positive, dtype=bool)
+    if s.ndim != 1 or pos.shape != s.shape:
+        raise DDNError(f"average_precision needs scores (N,) and positive (N,); got "
+                       f"{s.shape} and {pos.shape}")
+    if not np.isfinite(s).all():
+        raise DDNError(f"average_precision: {int((~np.isfinite(s)).sum())} of {s.size} scores "
+                       f"are NaN or infinite, so the ranking is undefined; check the model's "
+                       f"outputs (a diverged model or a failed layer)")
     n_pos = pos.sum()
     if n_pos == 0:
         return float("nan")
@@ -89,9 +99,17 @@ def mean_average_precision(scores, labels, num_classes: int | None = None) -> fl
 
     Classes without a positive sample are left out with a :class:`ddn.DDNWarning`.
     """
-    scores = torch.as_tensor(scores).detach().double().cpu().numpy()
-    labels = torch.as_tensor(labels).cpu().numpy()
-    C = scores.shape[1] if num_classes is None else num_classes
+    scores, labels = torch.as_tensor(scores).detach(), torch.as_tensor(labels).detach()
+    if scores.ndim != 2 or labels.shape != scores.shape[:1]:
+        raise DDNError(f"scores must be (N, C) and labels (N,); got {tuple(scores.shape)} "
+                       f"and {tuple(labels.shape)}")
+    C = scores.shape[1]
+    if num_classes is not None and num_classes != C:
+        raise DDNError(f"mAP over all classes: num_classes={num_classes} but scores have {C} "
+                       f"columns (one per class)")
+    _check_scores_labels(scores, labels, C)
+    scores = scores.double().cpu().numpy()
+    labels = labels.cpu().numpy()
     aps = np.array([average_precision(scores[:, c], labels == c) for c in range(C)])
     missing = np.nonzero(np.isnan(aps))[0]
     if len(missing) == len(aps):
@@ -100,6 +118,23 @@ def mean_average_precision(scores, labels, num_classes: int | None = None) -> fl
         warnings.warn(f"mAP: classes {missing.tolist()} have no positive sample in the "
                       f"evaluation set and are left out of the mean", DDNWarning, stacklevel=2)
     return float(np.nanmean(aps))
+
+
+def _check_scores_labels(scores, labels, C):
+    """DDNError unless there are samples, every score is finite and every label is an integer
+    class index in 0..C-1 (a label outside that range would silently count as a miss)."""
+    if scores.shape[0] == 0:
+        raise DDNError("no samples to evaluate: scores and labels are empty")
+    bad = ~torch.isfinite(scores)
+    if bad.any():
+        raise DDNError(f"{int(bad.sum())} of {scores.numel()} scores are NaN or infinite; the "
+                       f"metrics are undefined (check the model's outputs: a diverged model or a "
+                       f"failed layer)")
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise DDNError("labels must be integer class indices")
+    if labels.min() < 0 or labels.max() >= C:
+        raise DDNError(f"labels must be class indices in 0..{C - 1} (one per column of scores); "
+                       f"got values from {labels.min().item():g} to {labels.max().item():g}")
 
 
 def classification_metrics(scores, labels, ks=(1,)) -> dict:
@@ -114,10 +149,24 @@ def choose_device(device: str | None = None) -> torch.device:
     """``device`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``), else CUDA when
     available, else Apple's MPS when available, else the CPU."""
     if device not in (None, "", "auto"):
-        d = torch.device(device)
-        if d.type == "cuda" and not torch.cuda.is_available():
-            raise DDNError(f"device {device!r} requested but CUDA is not available; "
-                           f"use --device cpu or leave it out")
+        try:
+            d = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise DDNError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps, or leave "
+                           f"it out (auto)") from None
+        if d.type == "cuda":
+            if not torch.cuda.is_available():
+                raise DDNError(f"device {device!r} requested but CUDA is not available; "
+                               f"use --device cpu or leave it out")
+            if d.index is not None and d.index >= torch.cuda.device_count():
+                raise DDNError(f"device {device!r} requested but there are only "
+                               f"{torch.cuda.device_count()} CUDA devices (cuda:0.."
+                               f"cuda:{torch.cuda.device_count() - 1})")
+        if d.type == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise DDNError(f"device {device!r} requested but Apple's MPS is not available "
+                               f"here; use --device cpu or leave it out")
         return d
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -151,12 +200,14 @@ def rng_state() -> dict:
 
 
 def set_rng_state(st: dict) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(st["torch"])
+    """Restore what :func:`rng_state` returned. The states are CPU byte tensors; a checkpoint
+    loaded with ``map_location="cuda"`` moves them to the GPU, so they are moved back first
+    (``torch.set_rng_state`` refuses a CUDA tensor, which broke resuming a GPU run)."""
+    torch.set_rng_state(st["torch"].cpu())
     np.random.set_state(st["numpy"])
     random.setstate(st["python"])
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -244,11 +295,20 @@ def results_dir() -> Path:
 
 def append_results(path, rows: list[dict]) -> Path:
     """Append ``rows`` to the CSV at ``path`` (header written when the file is new; the
-    columns are those of the file when it exists)."""
+    columns are those of the file when it exists). No rows: nothing is written. A row with a
+    column the existing file lacks is a DDNError (its value would be dropped silently: the file
+    was written by another experiment or an older version; append to a new file)."""
     path = Path(path)
+    if not rows:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.is_file() or path.stat().st_size == 0
     fields = list(rows[0].keys()) if new else _csv_header(path)
+    extra = sorted({k for r in rows for k in r} - set(fields))
+    if extra:
+        raise DDNError(f"{path} has columns {fields} but the new rows also have {extra}; it "
+                       f"was written by another experiment or version: pass another results "
+                       f"file (--results)")
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:

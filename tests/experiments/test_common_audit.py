@@ -1,0 +1,117 @@
+"""Audit regressions for the shared experiment machinery: metrics on bad input, devices,
+RNG restore after a GPU checkpoint, CSV appends."""
+import numpy as np
+import pytest
+import torch
+
+from ddn import DDNError
+from ddn.experiments import common
+from ddn.experiments.common import (append_results, average_precision, choose_device,
+                                    mean_average_precision, read_results, topk_accuracy)
+
+
+def test_metrics_refuse_nan_scores():
+    # a NaN score used to be ranked arbitrarily: AP 1.0, top-1 1/3, mAP 2/3, all silently
+    s = torch.tensor([[0.1, float("nan")], [0.5, 0.2], [0.3, 0.9]])
+    y = torch.tensor([0, 1, 1])
+    with pytest.raises(DDNError, match="NaN"):
+        topk_accuracy(s, y)
+    with pytest.raises(DDNError, match="NaN"):
+        average_precision(s[:, 1], y == 1)
+    with pytest.raises(DDNError, match="NaN"):
+        mean_average_precision(s, y)
+    with pytest.raises(DDNError, match="NaN"):
+        average_precision([1.0, float("inf")], [True, False])
+
+
+def test_metrics_refuse_labels_outside_the_classes():
+    s = torch.rand(4, 3)
+    with pytest.raises(DDNError, match="0..2"):
+        mean_average_precision(s, torch.tensor([0, 1, 5, 2]))     # was silently 'a negative'
+    with pytest.raises(DDNError, match="0..2"):
+        topk_accuracy(s, torch.tensor([0, 1, 2, -1]))             # was silently 'a miss'
+    with pytest.raises(DDNError, match="num_classes"):
+        mean_average_precision(s, torch.tensor([0, 1, 1, 2]), num_classes=5)   # IndexError
+    with pytest.raises(DDNError, match="empty"):
+        topk_accuracy(torch.rand(0, 3), torch.zeros(0, dtype=torch.long))       # was NaN
+    with pytest.raises(DDNError, match="k >= 1"):
+        topk_accuracy(s, torch.tensor([0, 1, 1, 2]), k=0)                       # was 0.0
+    with pytest.raises(DDNError, match="integer"):
+        topk_accuracy(s, torch.tensor([0.5, 1, 1, 2]))
+
+
+def test_map_matches_sklearn_when_available():
+    skm = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    for t in range(200):
+        n = int(rng.integers(1, 30))
+        s = rng.integers(0, 4, size=n).astype(float) if t % 2 else rng.normal(size=n)
+        y = rng.random(n) < 0.4
+        if y.any():
+            assert average_precision(s, y) == pytest.approx(skm.average_precision_score(y, s))
+
+
+def test_map_by_hand_with_a_class_absent():
+    # class 2 has no sample: left out with a warning; the others by hand
+    s = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0], [0.3, 0.7, 0.0]])
+    y = torch.tensor([0, 1, 1, 0])
+    # class 0: ranking .9(+) .6(-) .3(+) .2(-): (1 + 2/3)/2; class 1: .8(+) .7(-) .4(+): same
+    from ddn import DDNWarning
+    with pytest.warns(DDNWarning, match=r"\[2\]"):
+        assert mean_average_precision(s, y) == pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize("dev, msg", [("cuda", "CUDA is not available"), ("mps", "MPS"),
+                                      ("gpu0", "unknown device")])
+def test_choose_device_errors_are_clear(dev, msg):
+    if dev == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is here")
+    if dev == "mps" and torch.backends.mps.is_available():
+        pytest.skip("MPS is here")
+    with pytest.raises(DDNError, match=msg):
+        choose_device(dev)
+
+
+def test_set_rng_state_accepts_states_moved_off_the_cpu(monkeypatch):
+    # torch.load(map_location="cuda") moves the RNG byte tensors to the GPU, and
+    # torch.set_rng_state refuses those; set_rng_state must bring them back to the CPU.
+    st = common.rng_state()
+    seen = []
+
+    class Moved(torch.Tensor):          # stands for a tensor on another device
+        def cpu(self, *a, **k):
+            seen.append(True)
+            return torch.Tensor(self).clone()
+
+    real = torch.set_rng_state
+
+    def strict(t):
+        assert type(t) is torch.Tensor, "set_rng_state got the device tensor itself"
+        real(t)
+    monkeypatch.setattr(torch, "set_rng_state", strict)
+    st["torch"] = st["torch"].as_subclass(Moved)
+    common.set_rng_state(st)
+    assert seen
+
+
+@pytest.mark.cuda
+def test_resume_on_cuda_is_exact(tmp_path):
+    from ddn.experiments import pointcloud as pc
+    cfg = pc.preset("smoke")
+    data = pc.load_data(cfg)
+    a, _ = pc.train_model(cfg, "max", 10, data, "cuda", tmp_path / "a", False)
+    pc.train_model(cfg, "max", 10, data, "cuda", tmp_path / "b", False, stop_after_epochs=1)
+    b, n = pc.train_model(cfg, "max", 10, data, "cuda", tmp_path / "b", False)
+    assert n == 2
+    for (k, u), v in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(u, v), k
+
+
+def test_append_results_empty_and_foreign_columns(tmp_path):
+    p = tmp_path / "r.csv"
+    assert append_results(p, []) == p and not p.exists()          # was IndexError
+    append_results(p, [dict(a=1, b=2)])
+    with pytest.raises(DDNError, match="another results"):
+        append_results(p, [dict(a=1, c=3)])                       # c used to vanish silently
+    append_results(p, [dict(a=3)])                                # missing columns: empty
+    assert [r["a"] for r in read_results(p)] == [1.0, 3.0]
