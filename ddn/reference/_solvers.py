@@ -120,6 +120,18 @@ def _descent_direction(H, g):
     return -g
 
 
+def _objective_scale(f, y0):
+    """max(‖∇f(y0)‖∞, max|∇²f(y0)|), or 1 where that is 0 or not finite: the factor that
+    brings a scaled objective (×1e4, ×1e-4) back to size one for scipy's solvers."""
+    try:
+        g = np.asarray(quiet(grad(f), y0), dtype=float)
+        H = np.asarray(quiet(hessian(f), y0), dtype=float)
+        s = max(float(np.max(np.abs(g), initial=0.0)), float(np.max(np.abs(H), initial=0.0)))
+    except (TypeError, ValueError, ArithmeticError, DDNError):
+        return 1.0
+    return s if np.isfinite(s) and s > 0 else 1.0
+
+
 def constrained_solve(node, x):
     """Minimize ``node.objective(x, ·)`` subject to the node's constraints.
 
@@ -133,6 +145,13 @@ def constrained_solve(node, x):
     """
     y0 = np.array(node.initial_guess(x), dtype=float).reshape(node.m)
     f = _objective(node, x, y0)
+    # SLSQP is not scale invariant: it stops short of feasibility when f is ×1e4 ("Positive
+    # directional derivative for linesearch") and short of stationarity when f is ×1e-4. Hand
+    # it f / s with s the size of f's first and second derivatives at y0 (the minimizer does
+    # not change); the polish and the checks use f. (trust-constr, an interior-point method,
+    # is left unscaled: there scaling moves the point where its barrier iterations stop.)
+    s = _objective_scale(f, y0) if node.method == "SLSQP" else 1.0
+    fs = lambda u: f(u) / s  # noqa: E731
     cons = []
     p, q = node.num_constraints(x, y0)
     if p:
@@ -150,7 +169,7 @@ def constrained_solve(node, x):
     def attempt(start):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy's own chatter; we check the result ourselves
-            r = scipy.optimize.minimize(lambda u: float(f(u)), start, jac=grad(f),
+            r = scipy.optimize.minimize(lambda u: float(fs(u)), start, jac=grad(fs),
                                         method=node.method, constraints=cons, options=opts)
         yy = np.asarray(r.x, dtype=float)
         return r, yy, (node.violation(x, yy) if np.all(np.isfinite(yy)) else np.inf)
@@ -169,7 +188,7 @@ def constrained_solve(node, x):
             f"{viol:.3g} > {node.feas_tol:.3g}; {node.method}: {res.message!s}). The constraint "
             "set may be empty for this x: check the constraints, or give an initial_guess(x) / "
             "your own solve(x).")
-    y = polish_kkt(node, x, y)
+    y = polish_kkt(node, x, y, scale=s)
     return _finish(node, x, y, res.message)
 
 
@@ -224,13 +243,21 @@ def _finish(node, x, y, message):
                "active": kkt["active"]}
 
 
-def polish_kkt(node, x, y, iters=20):
+def polish_kkt(node, x, y, iters=20, scale=1.0):
     """Newton (least-squares steps, so non-regular points do not break it) on the KKT system
     F(y, λ) = [∇_Y f − Aᵀλ; h̃] = 0 of the equality and active inequality constraints. Stops as
-    soon as a step does not reduce ‖F‖ or would violate an inactive constraint."""
+    soon as a step does not reduce ‖F‖ or would violate an inactive constraint, or when the step
+    is at rounding level (not at a residual threshold: ‖F‖ ≤ 1e-3·tol is no accuracy in y for an
+    objective ×1e-4, whose stationarity residual is 1e-4 times smaller for the same error).
+    Progress is measured by max(‖∇_Y f − Aᵀλ‖∞ / scale, constraint residual), ``scale`` the size
+    of f (see ``_objective_scale``), so that rounding in h does not stop it while a small f is
+    still far from stationary."""
+    def merit(k):
+        return max(k["stationarity"] / scale, k["feasibility"])
+
     best = node.kkt_residual(x, y)
     for _ in range(iters):
-        if best["residual"] <= 1e-3 * best["tol"]:
+        if best["residual"] == 0.0:
             break
         act = best["active"]
         lam = best["lam_active"]
@@ -244,7 +271,9 @@ def polish_kkt(node, x, y, iters=20):
         if not np.all(np.isfinite(y_new)):
             break
         new = node.kkt_residual(x, y_new)
-        if not (new["residual"] < best["residual"] and node.violation(x, y_new) <= node.feas_tol):
+        if not (merit(new) < merit(best) and node.violation(x, y_new) <= node.feas_tol):
             break
         y, best = y_new, new
+        if np.max(np.abs(step[: node.m])) <= 4 * np.finfo(float).eps * (1 + np.max(np.abs(y))):
+            break
     return y

@@ -391,11 +391,13 @@ class DeclarativeNode:
             lam = np.concatenate([multipliers[:p], multipliers[p:][active]])
         full = np.zeros(p + q)
         full[:p], full[p + np.asarray(active, dtype=int)] = lam[:p], lam[p:]
-        stat = grad_f - A.T @ lam
-        res = max(np.max(np.abs(stat), initial=0.0), self.violation(x, y),
-                  np.max(np.abs(g[active]), initial=0.0))  # active: treated as g = 0
+        stat = float(np.max(np.abs(grad_f - A.T @ lam), initial=0.0))
+        feas = max(self.violation(x, y),
+                   np.max(np.abs(g[active]), initial=0.0))  # active: treated as g = 0
+        res = max(stat, feas)
         tol = self.tol * (1.0 + np.max(np.abs(grad_f), initial=0.0))
         return {"residual": float(res), "tol": float(tol), "multipliers": full,
+                "stationarity": stat, "feasibility": float(feas),
                 "active": active, "lam_active": lam, "grad_f": grad_f}
 
     def optimality(self, x, y=None, ctx=None):

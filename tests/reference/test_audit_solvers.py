@@ -31,3 +31,79 @@ def test_feasibility_from_the_zero_default_guess():
     J = node.jacobian(x, y)
     np.testing.assert_allclose(J, [[1.0], [-x[0] / y[1]]], rtol=1e-10)
     assert check_gradient(node, x).ok
+
+
+class ScaledBall(R.IneqConstrainedNode):
+    """s · ½‖u − x‖² s.t. ‖u‖² ≤ 1: y = x/max(1, ‖x‖) whatever the scale s > 0."""
+
+    def __init__(self, m, s, **kw):
+        super().__init__(m, m, **kw)
+        self.s = s
+
+    def objective(self, x, y):
+        return self.s * 0.5 * anp.sum((y - x) ** 2)
+
+    def inequality_constraints(self, x, y):
+        return anp.dot(y, y) - 1.0
+
+
+class ScaledSimplex(R.IneqConstrainedNode):
+    """s · ½‖u − x‖² s.t. 1ᵀu = 1, u ≥ 0 (mixed equality and inequality constraints)."""
+
+    def __init__(self, m, s, **kw):
+        super().__init__(m, m, **kw)
+        self.s = s
+
+    def objective(self, x, y):
+        return self.s * 0.5 * anp.sum((y - x) ** 2)
+
+    def equality_constraints(self, x, y):
+        return anp.sum(y) - 1.0
+
+    def inequality_constraints(self, x, y):
+        return -y
+
+    def initial_guess(self, x):
+        return np.full(self.m, 1.0 / self.m)
+
+
+class ScaledSphereAndPlane(R.EqConstrainedNode):
+    """s · (½‖u − x‖² + 0.1 Σu⁴) s.t. ‖u‖² = 1, u₀ = u₁ (two equality constraints, n = m = 5)."""
+
+    def __init__(self, s):
+        super().__init__(5, 5)
+        self.s = s
+
+    def objective(self, x, y):
+        return self.s * (0.5 * anp.sum((y - x) ** 2) + 0.1 * anp.sum(y ** 4))
+
+    def equality_constraints(self, x, y):
+        return anp.stack([anp.sum(y ** 2) - 1.0, y[0] - y[1]])
+
+
+XS = np.array([[1.2, -3.1, 0.4, 2.2, -0.9], [-0.3, 0.8, 2.5, -1.7, 1.1]])
+
+
+@pytest.mark.parametrize("s", [1e4, 1e6])
+@pytest.mark.parametrize("x", XS, ids=["x0", "x1"])
+def test_default_solver_on_a_large_objective(s, x):
+    # SLSQP on s·f with s = 1e4 stopped at a constraint violation of ~1e-7 ("Positive directional
+    # derivative for linesearch") and the node said "no feasible point found"
+    ball = ScaledBall(5, s)
+    np.testing.assert_allclose(ball.solve(x)[0], x / max(1.0, np.linalg.norm(x)), atol=1e-10)
+    assert check_gradient(ball, x).ok
+    simplex = ScaledSimplex(5, s)
+    np.testing.assert_allclose(simplex.solve(x)[0], R.project_simplex(x), atol=1e-10)
+    assert check_gradient(simplex, x).ok
+
+
+@pytest.mark.parametrize("s", [1e-4, 1e-6])
+@pytest.mark.parametrize("x", XS, ids=["x0", "x1"])
+def test_default_solver_on_a_small_objective_is_accurate(s, x):
+    # the KKT polish stopped at ‖F‖ ≤ 1e-3·tol, an absolute stationarity residual: with f ×1e-4
+    # that left y wrong by ~1e-9 and Dy disagreed with finite differences by 1e-5
+    node = ScaledSphereAndPlane(s)
+    rep = check_gradient(node, x)
+    assert rep.ok, rep
+    y_ref = ScaledSphereAndPlane(1.0).solve(x)[0]  # the minimizer does not depend on s
+    np.testing.assert_allclose(node.solve(x)[0], y_ref, atol=1e-12)
