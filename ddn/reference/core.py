@@ -825,22 +825,34 @@ class ComposedNode:
         return self.solve(x)[0]
 
     def _stages(self, x, y, ctx):
+        """The stages [(z_{k−1}, y_k, ctx_k)] of ctx (solved again when ctx has none); a y given
+        must be their output, else the backward pass would be that of another solution."""
         if ctx is None or "stages" not in ctx:
             _, ctx = self.solve(x)
-        return ctx["stages"]
+        stages = ctx["stages"]
+        if y is not None:
+            y = _check_vector(y, self.m, "y")
+            if not np.allclose(stages[-1][1], y, rtol=1e-8, atol=1e-12):
+                raise DDNError(
+                    "ComposedNode: the y given is not the output of the stages in ctx (or, "
+                    "without ctx, of solving again): the backward pass must use the forward "
+                    "pass's solution of every stage (Sec. 4.7.4). Pass ctx from solve(x) "
+                    "together with its y.")
+        return stages
 
     def objective(self, x, y):
-        z, _, _ = self._stages(x, y, None)[-1]
+        z, _, _ = self._stages(x, None, None)[-1]  # any y: f is evaluated, not differentiated
         return self.nodes[-1].objective(z, y)
 
     def jacobian(self, x, y=None, ctx=None):
-        J = np.eye(np.size(x))
+        x = _check_vector(x, self.n, "x")
+        J = np.eye(x.size)
         for node, (z, yk, ck) in zip(self.nodes, self._stages(x, y, ctx)):
             J = node.jacobian(z, yk, ck) @ J
         return J
 
     def vjp(self, x, v, y=None, ctx=None):
-        v = _check_vector(v, self.m, "v")
+        x, v = _check_vector(x, self.n, "x"), _check_vector(v, self.m, "v")
         for node, (z, yk, ck) in reversed(list(zip(self.nodes, self._stages(x, y, ctx)))):
             v = node.vjp(z, v, yk, ck)
         return v

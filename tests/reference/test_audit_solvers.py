@@ -107,3 +107,20 @@ def test_default_solver_on_a_small_objective_is_accurate(s, x):
     assert rep.ok, rep
     y_ref = ScaledSphereAndPlane(1.0).solve(x)[0]  # the minimizer does not depend on s
     np.testing.assert_allclose(node.solve(x)[0], y_ref, atol=1e-12)
+
+
+def test_composed_node_uses_the_given_y_or_says_it_cannot():
+    # TwoSolutionNode(-1) returns y = −1/√x; a ComposedNode given the other solution y = +1/√x
+    # (without ctx) re-solved, ignored y and returned the gradient of −1/√x, of the wrong sign
+    x = np.array([2.0])
+    chain = R.ComposedNode(R.TwoSolutionNode(-1))
+    y_other = np.array([1.0 / np.sqrt(2.0)])
+    with pytest.raises(DDNError, match="forward pass"):
+        chain.jacobian(x, y_other)
+    with pytest.raises(DDNError, match="forward pass"):
+        chain.vjp(x, np.ones(1), y_other)
+    y, ctx = chain.solve(x)
+    np.testing.assert_allclose(chain.jacobian(x, y), R.TwoSolutionNode(-1).closed_form_jacobian(x))
+    np.testing.assert_allclose(chain.vjp(x, np.ones(1), y, ctx), [1 / (2 * 2.0 ** 1.5)])
+    with pytest.raises(DDNError, match="shape"):
+        chain.jacobian(np.ones(2), y, ctx)  # x unchecked when ctx was given
