@@ -32,13 +32,14 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ddn import DDNError
+from ddn import DDNError, DDNWarning
 
 from .common import (append_results, apply_preset, checkpoint_lock, choose_device, classification_metrics,
                     config_hash, run_training, epoch_generator, format_table, paper_table,
@@ -48,6 +49,7 @@ __all__ = [
     "PointCloudConfig", "PRESETS", "preset", "SHAPE_FAMILIES", "make_synthetic_shapes",
     "load_modelnet40", "load_data", "add_outliers", "sample_unit_ball", "PointNet", "make_pool",
     "train_model", "evaluate", "run_experiment", "render_tables", "plot_outliers", "main",
+    "check_config",
 ]
 
 POOLINGS = {"max": None, "Q": "quadratic", "PH": "pseudo-huber", "H": "huber", "W": "welsch",
@@ -102,8 +104,41 @@ PRESETS = {
 
 def preset(name: str | None = None, **overrides) -> PointCloudConfig:
     """The configuration of preset ``name`` (default: ``smoke`` under ``DDN_SMOKE``, else
-    ``cpu``), with ``overrides`` applied."""
-    return apply_preset(PointCloudConfig, PRESETS, name, overrides, "point-cloud")
+    ``cpu``), with ``overrides`` applied; checked by :func:`check_config`."""
+    return check_config(apply_preset(PointCloudConfig, PRESETS, name, overrides, "point-cloud"))
+
+
+def check_config(cfg: PointCloudConfig) -> PointCloudConfig:
+    """DDNError naming the setting when ``cfg`` cannot give a meaningful run (before any
+    training: a bad outlier rate used to fail only when its model started training, an unknown
+    setting crashed after training, zero epochs evaluated untrained models)."""
+    def bad(msg):
+        raise DDNError(f"point-cloud experiment: {msg}")
+    if cfg.data not in ("synthetic", "modelnet40"):
+        bad(f"unknown data {cfg.data!r}; use 'synthetic' or 'modelnet40'")
+    if not cfg.poolings:
+        bad("no pooling given; choose from " + ",".join(POOLINGS))
+    for name in cfg.poolings:
+        if name not in POOLINGS and name not in POOLINGS.values():
+            bad(f"unknown pooling {name!r}; choose from {list(POOLINGS)}")
+    for what, rates in (("rates", cfg.rates), ("iii_rates", cfg.iii_rates or [])):
+        for r in rates:
+            if not isinstance(r, (int, float)) or not 0 <= r <= 100:
+                bad(f"{what} are outlier percents in [0, 100]; got {r!r}")
+    if not cfg.rates:
+        bad("no outlier rate given (rates, in percent)")
+    if not cfg.settings or not set(cfg.settings) <= {"II", "III"}:
+        bad(f"settings must be a non-empty list of 'II' and 'III'; got {cfg.settings!r}")
+    for k in ("epochs", "npoints", "lr_step", "n_train_per_class", "n_test_per_class"):
+        v = getattr(cfg, k)
+        if int(v) != v or v < 1:
+            bad(f"{k} must be a positive integer; got {v!r}")
+    if int(cfg.batch_size) != cfg.batch_size or cfg.batch_size < 2:
+        bad(f"batch_size must be an integer >= 2 (batch norm); got {cfg.batch_size!r}")
+    if not (cfg.width > 0 and cfg.lr > 0 and cfg.alpha > 0 and 0 <= cfg.dropout < 1):
+        bad(f"need width > 0, lr > 0, alpha > 0 and 0 <= dropout < 1; got width={cfg.width}, "
+            f"lr={cfg.lr}, alpha={cfg.alpha}, dropout={cfg.dropout}")
+    return cfg
 
 
 # ============================================================================ data
@@ -284,17 +319,41 @@ def load_modelnet40(root, split: str = "train", npoints: int | None = None):
     files = _h5_files(root, split)
     if not files:
         raise DDNError(MODELNET_HELP.format(root=str(root)))
+    if npoints is not None and (int(npoints) != npoints or npoints < 1):
+        raise DDNError(f"npoints must be a positive integer; got {npoints!r}")
+    names_file = root / "shape_names.txt"
+    names = names_file.read_text().split() if names_file.is_file() else None
+    n_classes = len(names) if names else 40
     xs, ys = [], []
     for f in files:
-        with h5py.File(f, "r") as h:
+        try:
+            h = h5py.File(f, "r")
+        except OSError as e:
+            raise DDNError(f"{f} is not a readable HDF5 file ({e}); download and unzip "
+                           f"modelnet40_ply_hdf5_2048.zip again") from None
+        with h:
             if "data" not in h or "label" not in h:
                 raise DDNError(f"{f} lacks the 'data' and 'label' datasets of the ModelNet "
                                f"HDF5 layout")
-            xs.append(np.asarray(h["data"][:, :npoints], dtype=np.float32))
-            ys.append(np.asarray(h["label"], dtype=np.int64).reshape(-1))
+            d, lab = h["data"], h["label"]
+            if d.ndim != 3 or d.shape[2] != 3:
+                raise DDNError(f"{f}: 'data' must be (clouds, points, 3); got {d.shape}")
+            if npoints is not None and npoints > d.shape[1]:
+                raise DDNError(f"{f} holds {d.shape[1]} points per cloud but npoints={npoints} "
+                               f"were asked for; use npoints <= {d.shape[1]}")
+            x = np.asarray(d[:, :npoints], dtype=np.float32)
+            y = np.asarray(lab, dtype=np.int64).reshape(-1)
+        if len(y) != len(x):
+            raise DDNError(f"{f}: {len(x)} clouds but {len(y)} labels")
+        if not np.isfinite(x).all():
+            raise DDNError(f"{f}: the point coordinates hold NaN or infinite values")
+        if len(y) and (y.min() < 0 or y.max() >= n_classes):
+            raise DDNError(f"{f}: labels must be in 0..{n_classes - 1}; got {y.min()}..{y.max()}")
+        xs.append(x)
+        ys.append(y)
     x = torch.from_numpy(np.concatenate(xs))
-    names_file = root / "shape_names.txt"
-    names = names_file.read_text().split() if names_file.is_file() else None
+    if len(x) == 0:
+        raise DDNError(f"the {split} files in {root} hold no point clouds")
     return normalize_unit_ball(x).float(), torch.from_numpy(np.concatenate(ys)), names
 
 
@@ -481,11 +540,17 @@ def run_experiment(cfg: PointCloudConfig | None = None, device=None, results_csv
 
     The clean model (0 %) serves Table II's first row and every row of Table III.
     """
-    cfg = cfg or preset()
+    cfg = check_config(cfg or preset())
     device = choose_device(device)
     results_csv = Path(results_csv or results_dir() / "pointcloud.csv")
     checkpoint_dir = Path(checkpoint_dir or results_csv.parent / "checkpoints")
     data = data or load_data(cfg)
+    n = data[0].shape[1]
+    none = sorted({r for r in [*cfg.rates, *(cfg.iii_rates or [])] if r > 0 and round(r / 100 * n) == 0})
+    if none:
+        warnings.warn(f"outlier rates {none} % of {n} points replace no point at all: those rows "
+                      f"measure the clean data; use more points or higher rates", DDNWarning,
+                      stacklevel=2)
     rows = []
     for pooling in cfg.poolings:
         train_rates = sorted({0, *([r for r in cfg.rates] if "II" in cfg.settings else [])})
@@ -594,7 +659,15 @@ def plot_outliers(results_csv=None, preset_name: str = "cpu", path=None):
 
 # ============================================================================ command line
 def _list(s, conv=str):
-    return [conv(v) for v in s.split(",") if v.strip()] if s else None
+    return [conv(v.strip()) for v in s.split(",") if v.strip()] if s else None
+
+
+def _percent(v):
+    try:
+        return float(v)
+    except ValueError:
+        raise DDNError(f"outlier rates are comma-separated percents such as 0,10,50; "
+                       f"got {v!r}") from None
 
 
 def main(argv=None):
@@ -619,17 +692,29 @@ def main(argv=None):
     ap.add_argument("--plot", default=None, help="also save the accuracy-vs-outliers plot here")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
+    if a.threads is not None and a.threads < 1:
+        ap.error(f"--threads must be >= 1; got {a.threads}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = preset(a.preset, data=a.data, data_root=a.data_root, poolings=_list(a.poolings),
-                 rates=_list(a.rates, float), iii_rates=_list(a.iii_rates, float),
-                 settings=_list(a.settings), epochs=a.epochs,
-                 seed=a.seed)
-    if not a.render_only:
-        run_experiment(cfg, a.device, a.results, a.checkpoints, show_progress=not a.no_progress)
-    print(render_tables(a.results, cfg.preset))
-    if a.plot:
-        plot_outliers(a.results, cfg.preset, a.plot)
+    try:                     # bad settings: a usage error before anything runs
+        cfg = preset(a.preset, data=a.data, data_root=a.data_root, poolings=_list(a.poolings),
+                     rates=_list(a.rates, _percent), iii_rates=_list(a.iii_rates, _percent),
+                     settings=_list(a.settings), epochs=a.epochs,
+                     seed=a.seed)
+        if not a.render_only:
+            choose_device(a.device)
+    except DDNError as e:
+        ap.error(str(e))
+    try:                     # missing data and the like: the message, not a traceback
+        if not a.render_only:
+            run_experiment(cfg, a.device, a.results, a.checkpoints,
+                           show_progress=not a.no_progress)
+        print(render_tables(a.results, cfg.preset, cfg.data))   # not another data set's rows
+        if a.plot:
+            plot_outliers(a.results, cfg.preset, a.plot)
+    except DDNError as e:
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

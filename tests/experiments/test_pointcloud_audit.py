@@ -1,0 +1,133 @@
+"""Audit regressions for the point-cloud experiment: malformed ModelNet40 HDF5 files, settings
+checked before training, the command line's errors, the outlier-rate warning."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ddn import DDNError, DDNWarning
+from ddn.experiments import pointcloud as pc
+
+
+def _h5(path, data=None, label=None):
+    import h5py
+    data = np.random.default_rng(0).normal(size=(4, 100, 3)).astype(np.float32) if data is None else data
+    label = np.arange(len(data), dtype=np.uint8)[:, None] if label is None else label
+    with h5py.File(path, "w") as h:
+        h["data"] = data
+        h["label"] = label
+
+
+@pytest.mark.parametrize("case, kw, npoints, msg", [
+    ("too few points", {}, 2048, "holds 100 points"),                       # silently 100
+    ("labels short", dict(label=np.zeros((3, 1), np.uint8)), 50, "4 clouds but 3 labels"),
+    ("2-D data", dict(data=np.zeros((4, 100), np.float32)), 50, r"\(clouds, points, 3\)"),
+    ("normals", dict(data=np.ones((4, 100, 6), np.float32)), 50, r"\(clouds, points, 3\)"),
+    ("label 45", dict(label=np.array([[0], [1], [45], [3]])), 50, r"0\.\.39"),
+    ("NaN", dict(data=np.full((4, 100, 3), np.nan, np.float32)), 50, "NaN"),
+    ("no clouds", dict(data=np.zeros((0, 100, 3), np.float32), label=np.zeros((0, 1))), 50,
+     "no point clouds"),
+    ("npoints 0", {}, 0, "positive integer"),
+])
+def test_modelnet_malformed_files_are_named(tmp_path, case, kw, npoints, msg):
+    _h5(tmp_path / "ply_data_train0.h5", **kw)
+    with pytest.raises(DDNError, match=msg):
+        pc.load_modelnet40(tmp_path, "train", npoints)
+
+
+def test_modelnet_labels_checked_against_shape_names(tmp_path):
+    _h5(tmp_path / "ply_data_train0.h5")                      # labels 0..3
+    (tmp_path / "shape_names.txt").write_text("a\nb\nc\n")
+    with pytest.raises(DDNError, match=r"0\.\.2"):
+        pc.load_modelnet40(tmp_path, "train", 50)
+    (tmp_path / "shape_names.txt").write_text("a\nb\nc\nd\n")
+    x, y, names = pc.load_modelnet40(tmp_path, "train", 50)
+    assert x.shape == (4, 50, 3) and names == ["a", "b", "c", "d"]
+
+
+def test_modelnet_garbage_file(tmp_path):
+    (tmp_path / "ply_data_train0.h5").write_bytes(b"not hdf5")
+    with pytest.raises(DDNError, match="not a readable HDF5"):
+        pc.load_modelnet40(tmp_path, "train", 50)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(rates=[0, 150]), r"\[0, 100\]"), (dict(iii_rates=[-1]), r"\[0, 100\]"),
+    (dict(settings=["IV"]), "settings"), (dict(settings=[]), "settings"),
+    (dict(poolings=["median"]), "unknown pooling"), (dict(poolings=[]), "no pooling"),
+    (dict(epochs=0), "epochs"), (dict(batch_size=1), "batch_size"), (dict(rates=[]), "no outlier"),
+    (dict(data="shapenet"), "unknown data"), (dict(dropout=1.0), "dropout"),
+])
+def test_bad_settings_fail_before_training(kw, msg):
+    with pytest.raises(DDNError, match=msg):
+        pc.preset("smoke", **kw)
+
+
+def test_settings_checked_by_run_experiment_too(tmp_path):
+    # a config edited after preset(): unknown setting used to train, then crash in the CSV
+    cfg = pc.preset("smoke", poolings=["max"])
+    cfg.settings = ["IV"]
+    with pytest.raises(DDNError, match="settings"):
+        pc.run_experiment(cfg, "cpu", tmp_path / "r.csv", tmp_path / "ck", show_progress=False)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_rate_that_replaces_no_point_warns(tmp_path):
+    cfg = pc.preset("smoke", poolings=["max"], rates=[0], iii_rates=[0, 1], epochs=1)
+    with pytest.warns(DDNWarning, match="replace no point"):        # 1 % of 32 points = 0
+        pc.run_experiment(cfg, "cpu", tmp_path / "r.csv", tmp_path / "ck", show_progress=False)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--rates", "abc"], "comma-separated percents"),
+    (["--rates", "150"], r"\[0, 100\]"),
+    (["--settings", "IV"], "settings"),
+    (["--epochs", "0"], "epochs"),
+    (["--device", "nonsense"], "unknown device"),
+    (["--threads", "-1"], "threads"),
+])
+def test_cli_bad_arguments_are_usage_errors(capsys, args, msg):
+    with pytest.raises(SystemExit) as e:
+        pc.main(["--preset", "smoke", "--no-progress"] + args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and __import__("re").search(msg, err)
+
+
+def test_cli_device_cuda_without_cuda_and_missing_data(tmp_path):
+    env = dict(os.environ, DDN_SMOKE="1")
+    base = [sys.executable, "-m", "ddn.experiments.pointcloud", "--no-progress",
+            "--results", str(tmp_path / "r.csv")]
+    if not torch.cuda.is_available():
+        r = subprocess.run(base + ["--device", "cuda"], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and "CUDA is not available" in r.stderr
+        assert "Traceback" not in r.stderr
+    r = subprocess.run(base + ["--data", "modelnet40", "--data-root", str(tmp_path / "none"),
+                               "--device", "cpu"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and "--data-root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_table_is_of_the_requested_data(tmp_path, capsys):
+    # rows of another data set under the same preset used to fill the printed table
+    from ddn.experiments.common import append_results
+    row = dict(preset="smoke", data="modelnet40", seed=0, setting="II", pooling="max",
+               train_outlier_pct=0, test_outlier_pct=0, top1=12.3, map=45.6)
+    append_results(tmp_path / "r.csv", [row, dict(row, data="synthetic", top1=77.7)])
+    assert pc.main(["--render-only", "--preset", "smoke", "--data", "modelnet40",
+                    "--results", str(tmp_path / "r.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "12.3" in out and "77.7" not in out
+
+
+def test_pointnet_eval_mode_is_deterministic_and_moves_dtype():
+    m = pc.PointNet(5, "max", width=0.0625).double().eval()
+    x = torch.randn(1, 20, 3, dtype=torch.float64)
+    assert m(x).dtype == torch.float64 and torch.equal(m(x), m(x))     # dropout off, BN frozen
+    m.train()
+    with pytest.raises(ValueError):                     # BN cannot train on one sample
+        m(x)
