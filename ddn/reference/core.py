@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 
 import autograd.numpy as anp
 import numpy as np
+import scipy.linalg
 import scipy.sparse.linalg as spla
 from autograd import grad, jacobian
 
 from .. import DDNError, DDNWarning
-from ._linalg import (LINEAR_SOLVERS, NONREGULAR_MODES, SINGULAR_MODES, ConstraintSolve,
+from ._linalg import (COND_MAX, LINEAR_SOLVERS, NONREGULAR_MODES, SINGULAR_MODES, ConstraintSolve,
                       HessianSolve, check_mode, condition_number, matrix_rank)
 from ._solvers import constrained_solve, feasibility_solve, newton_solve, quiet
 
@@ -60,6 +61,8 @@ def implicit_vjp(v, H, pullback, A=None, *, singular="error", proximal_delta=1e-
     - constrained (Prop. 4.5, A = D_Y h̃ of full row rank): w = H⁻ᵀv,
       μ = (A H⁻¹ Aᵀ)⁻ᵀ A w, u = H⁻ᵀ(v − Aᵀμ); vᵀDy = −uᵀB − μᵀC = −pullback(u, μ).
     - constraints only (H is None, feasibility Eq. 46, A Dy = −C): Aᵀμ = v; vᵀDy = −μᵀC.
+    - H singular but K = [[H, −Aᵀ], [A, 0]] not (y isolated, ``_regular_kkt``):
+      [u; μ] = K⁻ᵀ[v; 0]; vᵀDy = −uᵀB − μᵀC, the same u, μ as above when H is invertible.
 
     ``pullback(u, μ)`` must return D_X[uᵀ D_Y L(x, y, λ)ᵀ + μᵀ h̃(x, y)] at fixed y and λ, an
     (n,) vector (``μ`` is empty when there are no constraints): one vector–Jacobian product of
@@ -85,8 +88,14 @@ def implicit_vjp(v, H, pullback, A=None, *, singular="error", proximal_delta=1e-
     if H is None or cs.pinned:  # the constraints alone fix y: A Dy = −C
         mu = _solve_transpose_constraints(cs, v)  # Aᵀ μ = v
         return -pullback(np.zeros(m), mu)
-    Hs = HessianSolve(H, singular, proximal_delta)
     Ak = A[cs.keep]  # A = D_Y h̃ (independent rows)
+    K = _regular_kkt(H, Ak, singular)
+    if K is not None:  # H singular, y isolated: [u; μ] = K⁻ᵀ [v; 0]
+        sol = scipy.linalg.solve(K.T, np.concatenate([v, np.zeros(Ak.shape[0])]))
+        mu = np.zeros(A.shape[0])
+        mu[cs.keep] = sol[m:]
+        return -pullback(sol[:m], mu)  # vᵀDy = −uᵀB − μᵀC
+    Hs = HessianSolve(H, singular, proximal_delta)
     w = Hs.solve(v, trans=True)  # w = H⁻ᵀ v
     S = Ak @ Hs.solve(Ak.T)  # S = A H⁻¹ Aᵀ
     mu_k = _solve_small(S.T, Ak @ w, pinv=cs.mode == "pinv")  # Sᵀ μ = A w
@@ -94,6 +103,26 @@ def implicit_vjp(v, H, pullback, A=None, *, singular="error", proximal_delta=1e-
     mu = np.zeros(A.shape[0])
     mu[cs.keep] = mu_k
     return -pullback(u, mu)  # vᵀDy = −uᵀB − μᵀC
+
+
+def _regular_kkt(H, A, singular):
+    """K = [[H, −Aᵀ], [A, 0]] when H is singular but K is not, else None.
+
+    The first-order conditions differentiate to K [Dy; Dλ] = [−B; −C]; Prop. 4.5 eliminates Dλ
+    with H⁻¹, which needs H non-singular, but Dy is unique whenever K is (A of full row rank and
+    H non-singular on the tangent space, ZᵀHZ ≻ 0 or ≺ 0): y is isolated even though H is not
+    invertible on R^m (e.g. f = ½(u₁ − x)² s.t. u₁ = u₂). Then Dy comes from K, with no remedy
+    needed, for singular="error" and "pinv" (whose H⁺ is no descent direction there: it
+    returned Dy = 0); "proximal" keeps H + δI, as chosen. Matrix-free H is left to its solver.
+    """
+    if singular == "proximal" or not isinstance(H, np.ndarray) or A.shape[0] == 0:
+        return None
+    if not np.all(np.isfinite(H)) or condition_number(H) <= COND_MAX:
+        return None
+    m, k = H.shape[0], A.shape[0]
+    K = np.block([[H, -A.T], [A, np.zeros((k, k))]])
+    d = 1.0 / np.sqrt(np.maximum(np.max(np.abs(K), axis=1), np.finfo(float).tiny))
+    return K if condition_number(d[:, None] * K * d[None, :]) <= COND_MAX else None
 
 
 def _solve_small(S, rhs, pinv=False):
@@ -158,6 +187,9 @@ def prop_4_5_jacobian(H, A, B, C, *, singular="error", proximal_delta=1e-6, nonr
     if cs.pinned:  # rank A = m < p̃: y is fixed by the constraints, Dy = −A⁺C
         return -np.linalg.lstsq(A, C, rcond=None)[0]
     Ak, Ck = A[cs.keep], C[cs.keep]
+    K = _regular_kkt(H, Ak, singular)
+    if K is not None:  # H singular, y isolated: K [Dy; Dλ] = [−B; −C]
+        return scipy.linalg.solve(K, -np.vstack([B, Ck]))[: H.shape[0]]
     Hs = HessianSolve(H, singular, proximal_delta)
     HiAT, HiB = Hs.solve(Ak.T), Hs.solve(B)  # H⁻¹Aᵀ, H⁻¹B
     S = Ak @ HiAT  # A H⁻¹ Aᵀ
@@ -171,6 +203,9 @@ def cor_4_7_jacobian(H, a, B, *, singular="error", proximal_delta=1e-6):
 
     with a = D_Y h(y)ᵀ (m,), H = D²_YY f − λ D²_YY h (m, m), B = D²_XY f (m, n).
     """
+    if _regular_kkt(H, np.atleast_2d(a), singular) is not None:  # H singular, y isolated
+        return prop_4_5_jacobian(H, np.atleast_2d(a), B, np.zeros((1, B.shape[1])),
+                                 singular=singular)
     Hs = HessianSolve(H, singular, proximal_delta)
     Hia, HiB = Hs.solve(a), Hs.solve(B)  # H⁻¹a, H⁻¹B
     aHia = float(a @ Hia)

@@ -124,3 +124,80 @@ def test_composed_node_uses_the_given_y_or_says_it_cannot():
     np.testing.assert_allclose(chain.vjp(x, np.ones(1), y, ctx), [1 / (2 * 2.0 ** 1.5)])
     with pytest.raises(DDNError, match="shape"):
         chain.jacobian(np.ones(2), y, ctx)  # x unchecked when ctx was given
+
+
+# ---- H = D²_YY L singular, but the KKT matrix [[H, −Aᵀ], [A, 0]] is not: y is isolated ---------
+class ChainedCopy(R.LinEqConstrainedNode):
+    """½(u₁ − x₁)² + x₂u₂ s.t. u₁ = u₂  ⇒  y = (x₁ − x₂)(1, 1), Dy = [[1, −1], [1, −1]]."""
+
+    def __init__(self, **kw):
+        super().__init__(2, 2, **kw)
+
+    def objective(self, x, y):
+        return 0.5 * (y[0] - x[0]) ** 2 + x[1] * y[1]
+
+    def linear_constraints(self):
+        return np.array([[1.0, -1.0]]), np.zeros(1)
+
+
+class MovingCopy(R.EqConstrainedNode):
+    """½(u₁ − x₁)² s.t. u₁ − u₂ − x₂ = 0 (C ≠ 0)  ⇒  y = (x₁, x₁ − x₂), Dy = [[1, 0], [1, −1]]."""
+
+    def __init__(self):
+        super().__init__(2, 2)
+
+    def objective(self, x, y):
+        return 0.5 * (y[0] - x[0]) ** 2
+
+    def equality_constraints(self, x, y):
+        return y[0] - y[1] - x[1]
+
+
+class OnCubic(R.FixedEqConstrainedNode):
+    """½(u₁ − x)² s.t. u₂ − u₁³ = 0  ⇒  y = (x, x³), λ = 0, H = diag(1, 0), Dy = (1, 3x²)ᵀ."""
+
+    def __init__(self):
+        super().__init__(1, 2)
+
+    def objective(self, x, y):
+        return 0.5 * (y[0] - x[0]) ** 2
+
+    def constraint(self, y):
+        return y[1] - y[0] ** 3
+
+
+SINGULAR_H_ISOLATED_Y = {
+    "cor4.9": (ChainedCopy, np.array([0.7, 0.2]), np.array([[1.0, -1.0], [1.0, -1.0]])),
+    "prop4.5": (MovingCopy, np.array([0.7, 0.2]), np.array([[1.0, 0.0], [1.0, -1.0]])),
+    "cor4.7": (OnCubic, np.array([0.7]), np.array([[1.0], [3 * 0.49]])),
+}
+
+
+@pytest.mark.parametrize("case", list(SINGULAR_H_ISOLATED_Y))
+def test_singular_h_with_a_regular_kkt_system(case):
+    # Prop. 4.5 needs H⁻¹; the nodes refused these well-posed problems ("H is singular: the
+    # solution is not isolated"), and the remedy the message offered, singular='pinv', gave Dy = 0
+    make, x, Dy = SINGULAR_H_ISOLATED_Y[case]
+    node = make()
+    y, ctx = node.solve(x)
+    np.testing.assert_allclose(node.jacobian(x, y, ctx), Dy, atol=1e-9)
+    v = np.array([0.3, -1.1])
+    np.testing.assert_allclose(node.vjp(x, v, y, ctx), v @ Dy, atol=1e-9)
+    assert check_gradient(node, x).ok
+    if case == "cor4.9":
+        np.testing.assert_allclose(ChainedCopy(singular="pinv").jacobian(x), Dy, atol=1e-9)
+
+
+def test_singular_h_and_singular_kkt_still_names_the_remedies():
+    class FreeCoordinate(R.LinEqConstrainedNode):  # y₂ appears nowhere: not isolated
+        def objective(self, x, y):
+            return 0.5 * (y[0] - x[0]) ** 2 + 0.0 * y[2]
+
+        def linear_constraints(self):
+            return np.array([[1.0, 1.0, 0.0]]), np.ones(1)
+
+        def solve(self, x):
+            return np.array([x[0], 1 - x[0], 0.0]), {}
+
+    with pytest.raises(DDNError, match="singular"):
+        FreeCoordinate(1, 3).jacobian(np.array([0.3]))
