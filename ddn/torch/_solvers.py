@@ -113,6 +113,25 @@ def newton(fn, y0, *, tol, max_iter, differentiable=False, max_backtrack=40, sca
     return y, {"converged": gn <= tol * sc, "iterations": it, "grad_norm": gn, "scale": sc}
 
 
+def _kkt_step(K, g, differentiable):
+    """The Newton step ``d = −K⁺g`` on the KKT system. Where ``K`` is singular (rank-deficient or
+    vanishing constraint gradients, e.g. a repeated linear constraint, or ``∇‖y‖² = 0`` at ``y = 0``)
+    the least-norm (pseudo-inverse) step is taken: a plain LU solve there returns a step with
+    multipliers of size 1/eps, whose terms then swamp the scale of the convergence test, so that an
+    infeasible y was reported as converged. Under ``differentiable`` the pseudo-inverse steps carry
+    no graph (the derivative of ``pinv`` where the rank changes is NaN); the final full Newton step
+    at a regular solution gives the iterate its derivative."""
+    if not differentiable:
+        return -_linalg.solve_dense(K.detach(), g.detach(), singular="pinv")[0]
+    d0, info = _linalg.solve_dense(K.detach(), g.detach(), singular="pinv")
+    piv = info["pinv"]
+    if not bool(piv.any()):
+        return -_linalg.solve_dense(K, g)[0]
+    eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+    dg = _linalg.solve_dense(torch.where(piv[:, None, None], eye, K), g)[0]
+    return -torch.where(piv[:, None], d0, dg)
+
+
 def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=30):
     """Solve ``∇_z ℒ(z) = 0`` (``lagr(z) -> (b,)``) by Newton's method on the (symmetric, indefinite)
     KKT matrix ``K = ∇²_zz ℒ`` with a backtracking line search on ``‖∇ℒ‖``.
@@ -140,9 +159,9 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
         conv = gn <= tol * sc
         if bool(conv.all()) or it == max_iter:
             if differentiable and z.requires_grad:
-                z = z - _linalg.solve_dense(K, g)[0]
+                z = z + _kkt_step(K, g, True)
             break
-        d, _ = _linalg.solve_dense(K.detach(), -g.detach())
+        d = _kkt_step(K, g, False)
         d = torch.nan_to_num(d)
         with torch.no_grad():
             t = torch.ones_like(gn)
@@ -156,7 +175,7 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
             t = torch.where(conv | ~ok, torch.zeros_like(t), t)
             stalled = stalled | (~conv & ~ok)
         if differentiable:
-            d = -_linalg.solve_dense(K, g)[0]
+            d = _kkt_step(K, g, True)
         z = z + t.unsqueeze(-1) * d
         if not bool((t > 0).any()):
             break

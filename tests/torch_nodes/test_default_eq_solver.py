@@ -60,9 +60,19 @@ def test_gradcheck_through_the_fallback():
     assert torch.autograd.gradcheck(DeclarativeLayer(SphereLS(4)), (x,))
 
 
-def test_unroll_cannot_fall_back_and_says_so():
-    """Under unroll the solve must stay differentiable, so the AL retry is not used: the failure is
-    reported, not hidden."""
+def test_unroll_from_the_zero_guess_converges_with_the_closed_form_gradient():
+    """Under unroll the AL retry is not used (the solve must stay differentiable). The Newton-KKT
+    step is the least-norm one where the KKT matrix is singular (at y = 0), so the unrolled solve
+    converges anyway; those first steps carry no graph (pinv's derivative is NaN where its rank
+    changes) and the final Newton step gives y its derivative: finite and the closed form."""
+    torch.manual_seed(0)
     x = torch.randn(2, 3, dtype=F64, requires_grad=True)
-    with pytest.warns(DDNWarning, match="did not converge"):
-        DeclarativeLayer(SphereLS(3, linear_solver="unroll"))(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DDNWarning)
+        y = DeclarativeLayer(SphereLS(3, linear_solver="unroll"))(x)
+    nx = x.detach().norm(dim=-1, keepdim=True)
+    yc = x.detach() / nx
+    assert torch.allclose(y.detach(), yc, atol=1e-10)
+    v = torch.randn(2, 3, dtype=F64)
+    y.backward(v)
+    assert torch.allclose(x.grad, (v - yc * (yc * v).sum(-1, keepdim=True)) / nx, atol=1e-8)
