@@ -242,15 +242,28 @@ class BallProjectionNode(_ProjectionNode, _IneqBase):
         return self._h(y)
 
 
-class SimplexProjectionNode:
+class SimplexProjectionNode(_IneqBase):
     """``y ∈ argmin ½‖u − x‖² s.t. u ≥ 0, Σu = r``; ``Dy = diag(1_S) − 1_S 1_Sᵀ/|S|``, ``dy/dr = 1_S/|S|``
-    with ``S = {y_i > 0}`` (the active bounds pin their coordinates, Prop. 4.6)."""
+    with ``S = {y_i > 0}`` (the active bounds pin their coordinates, Prop. 4.6). A node of the
+    reference floor like the others (its constraints are smooth, so ``optimality``,
+    ``ddn.check.check_gradient`` and ``upper_gradient`` apply; the Eq. 12 shortcut does not)."""
 
     def __init__(self, radius=1.0):
+        if not (np.isfinite(radius) and radius > 0):
+            raise DDNError(f"radius must be a finite positive number, got {radius}")
         self.radius = float(radius)
+
+    def __repr__(self):
+        return f"SimplexProjectionNode(radius={self.radius:g})"
 
     def objective(self, x, y):
         return 0.5 * anp.sum((y - x) ** 2)
+
+    def equality_constraints(self, x, y):
+        return anp.sum(y) - self.radius
+
+    def inequality_constraints(self, x, y):
+        return -y
 
     def solve(self, x):
         return project_simplex(x, self.radius), {}
