@@ -128,33 +128,34 @@ static inline void eval_welsch(const T* x, int64_t n, T y, T a, T& f, T& g, T& H
   T s = 0, gz = 0, hz = 0, ga = 0;
 #pragma omp simd reduction(+ : s, gz, hz, ga)
   for (int64_t i = 0; i < n; ++i) {
-    T z = y - x[i], u = z * ia, u2 = u * u;
+    T u = (y - x[i]) * ia, u2 = u * u;
     T w = vexp(T(-0.5) * u2);
     s += w;
-    gz += z * w;
-    ga += std::abs(z) * w;
+    gz += u * w;
+    ga += std::abs(u) * w;
     hz += (T(1) - u2) * w;
   }
-  T a2 = a * a;
+  // g, H, Σ|φ'| scaled by α, α², α (never form α², which under/overflows for tiny/huge α)
   f = T(n) - s;
-  g = gz / a2;
-  H = hz / a2;
+  g = gz;
+  H = hz;
   s0 = s;
-  gabs = ga / a2;
+  gabs = ga;
 }
 
 // Newton when it lowers f, else the majorize-minimize (IRLS) step; every accepted point is
-// evaluated, so (f, H) at the returned y are exact.
+// evaluated, so (f, H) at the returned y are exact. g and H are α g, α² H (eval_welsch): the
+// Newton step is α g/H, the MM step α g/Σw; the H returned is α² Σφ''.
 template <typename T>
 static int welsch_local(const T* x, int64_t n, T a, T y, T& out, T& fout, T& Hout) {
-  const T eps = Eps<T>::v, a2 = a * a, ftol = 8 * eps * T(n);
+  const T eps = Eps<T>::v, ftol = 8 * eps * T(n);
   T f, g, H, s0, gabs;
   eval_welsch(x, n, y, a, f, g, H, s0, gabs);
   // 5× the usual limit: at a degenerate minimum (H → 0, e.g. two points 2α apart) Newton
   // converges only linearly (ratio 2/3)
   for (int it = 0; it < 5 * MAX_ITER; ++it) {
-    T ymm = s0 > 0 ? y - g * a2 / s0 : y;
-    T yn = H > 0 ? y - g / H : ymm;
+    T ymm = s0 > 0 ? y - a * g / s0 : y;
+    T yn = H > 0 ? y - a * g / H : ymm;
     T fn, gn, Hn, s0n, gabsn;
     eval_welsch(x, n, yn, a, fn, gn, Hn, s0n, gabsn);
     bool mm = !(H > 0);
@@ -180,7 +181,7 @@ static int welsch_local(const T* x, int64_t n, T a, T y, T& out, T& fout, T& Hou
     y = yn; f = fn; g = gn; H = Hn; s0 = s0n;
     if (conv) {
       // one last Newton correction when it is tiny (no pass: H is taken from this point)
-      T st = H > 0 ? g / H : T(0);
+      T st = H > 0 ? a * g / H : T(0);
       if (std::abs(st) <= 1000 * eps * (std::abs(y) + a)) y -= st;
       out = y; fout = f; Hout = H; return 0;
     }
@@ -211,13 +212,15 @@ static int tq_local(const T* x, int64_t n, T a, T y, T& out, T& Hout) {
   return 1;
 }
 
+// f/α² = Σ ½ min(u², 1), u = (y − x_i)/α: free of α², which under/overflows for tiny/huge α.
 template <typename T>
 static T tq_objective(const T* x, int64_t n, T a, T y) {
-  T f = 0, c = T(0.5) * a * a;
+  T f = 0;
+  const T ia = T(1) / a;
 #pragma omp simd reduction(+ : f)
   for (int64_t i = 0; i < n; ++i) {
-    T z = y - x[i], q = T(0.5) * z * z;
-    f += q < c ? q : c;
+    T u = (y - x[i]) * ia, q = T(0.5) * u * u;
+    f += q < T(0.5) ? q : T(0.5);
   }
   return f;
 }
@@ -356,7 +359,7 @@ static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H)
       f2 = tq_objective(x, n, a, y2);
     }
     // the lower objective; near-ties (rounding level) keep the smaller y, as the eager code
-    const T tol = 8 * Eps<T>::v * T(n) * (P == WELSCH ? T(1) : T(0.5) * a * a);
+    const T tol = 8 * Eps<T>::v * T(n) * (P == WELSCH ? T(1) : T(0.5));  // f in φ's ceiling
     if (f2 < f1 - tol || (std::abs(f2 - f1) <= tol && y2 < y1)) { y = y2; H = H2; return s2; }
     y = y1;
     H = H1;
@@ -387,6 +390,7 @@ static void pool_forward(const T* x, const T* alpha, T* y, T* H, int8_t* status,
 // ---------------------------------------------------------------- robust pooling, backward
 // One pass with H = Σφ'' from the forward solve (taken at this very y):
 // gx_i = (v/H) φ''(y − x_i)  [= −(v H⁻¹) B_i, B_i = −φ''],  ga = −v Σ ∂_α φ'(y − x_i) / H.
+// For Welsch H, φ'' and ∂_α φ' all come scaled by α² (no α² formed: tiny/huge α).
 template <typename T, int P>
 static int pool_back_row(const T* x, int64_t n, T y, T a, T H, T v, T* gx, T& ga) {
   const T ia = T(1) / a;
@@ -416,10 +420,10 @@ static int pool_back_row(const T* x, int64_t n, T y, T a, T H, T v, T* gx, T& ga
     } else if constexpr (P == WELSCH) {
 #pragma omp simd reduction(+ : D)
       for (int64_t i = 0; i < n; ++i) {
-        T z = y - x[i], u = z * ia, u2 = u * u;
-        T w = vexp(T(-0.5) * u2) * ia * ia;
+        T u = (y - x[i]) * ia, u2 = u * u;
+        T w = vexp(T(-0.5) * u2);
         gx[i] = c * (T(1) - u2) * w;
-        D += z * w * (u2 - T(2)) * ia;
+        D += u * w * (u2 - T(2));
       }
     } else {
 #pragma omp simd

@@ -158,7 +158,8 @@ def _raise_status(st, what):
 
 def pool_forward(x, alpha, pen):
     """x (B, n), alpha (B,) -> (y (B,), converged (B,) bool, H (B,) = Σφ''(y − x_i) from the
-    solver's last pass, exact or within one converged Newton step of y);
+    solver's last pass, exact or within one converged Newton step of y; α²Σφ'' for Welsch, as
+    ``pool_backward`` expects);
     raises DDNError on bad input."""
     B, n = x.shape
     alpha = alpha.detach().contiguous()

@@ -34,7 +34,8 @@ Degenerate points (``H = Σφ'' = 0``), handled explicitly:
 
 Bad input: empty pooled dim, NaN/Inf, non-positive α, or ``|x|/α`` so large that ``(x/α)²``
 overflows raise ``DDNError``. A pooled dim of size 1 returns ``y = x`` (gradient 1); all-equal
-values return that value (gradient ``1/n``).
+values return that value (gradient ``1/n``). Tiny or huge α (with x on its scale) are fine: the
+Welsch and truncated-quadratic solvers and weights work in ``u = z/α`` and never form α².
 
 On CPU a compiled kernel (``ddn.torch._kernels``) runs every iteration of a row while it sits in
 cache; the eager torch implementation below is the fallback (CUDA, or no compiler) and the oracle.
@@ -102,6 +103,28 @@ def _d2(z, pen, a):
     return (z.abs() < a).to(z.dtype)
 
 
+def _scaled_d2_dalpha(z, pen, a, need_alpha):
+    """(c·φ''(z), c·∂_α φ'(z) or None) with c > 0 a per-row factor: c = α² for Welsch, whose φ''
+    = (1 − u²)e^{−u²/2}/α² and ∂_α φ' = u e^{−u²/2}(u² − 2)/α² (u = z/α) would under/overflow
+    through α² when α is tiny or huge (α < 1e-154 or > 1e154 in float64, 1e±19 in float32); c = 1
+    otherwise. The backward only uses their ratios to H = Σφ'', which c cancels from."""
+    if pen == "welsch":
+        u = z / a
+        u2 = u * u
+        e = torch.exp(-0.5 * u2)
+        return (1 - u2) * e, (u * e * (u2 - 2) if need_alpha else None)
+    return _d2(z, pen, a), (_d1_dalpha(z, pen, a) if need_alpha else None)
+
+
+def _scaled_objective(z, pen, a):
+    """Σ-able φ(z)/c in units of φ's ceiling, free of α² (which under/overflows for tiny/huge α):
+    Welsch 1 − e^{−u²/2}, truncated quadratic ½ min(u², 1), u = z/α."""
+    if pen == "welsch":
+        return _phi(z, pen, a)
+    u = z * (1 / a)  # as the kernel
+    return 0.5 * torch.minimum(u * u, torch.ones_like(u))
+
+
 def _d1_dalpha(z, pen, a):
     """∂φ'(z; α)/∂α elementwise (zero for quadratic and, a.e., the truncated quadratic)."""
     if pen == "pseudo-huber":
@@ -145,23 +168,25 @@ def _newton_bracket(x, y, pen, a, eps):
 
 def _welsch_local(x, y, a, eps):
     """Descent from y: Newton when it lowers f, else the MM step; returns (y, converged)."""
+    # g and H are carried scaled by α and α² (g = Σuw, H = Σ(1 − u²)w, u = (y − x_i)/α): the
+    # Newton step α g/H and the MM step α g/Σw then never form α², which under/overflows when α
+    # is tiny or huge (the kernel does the same)
     n = x.shape[-1]
-    a1, a2 = a.squeeze(-1), a.squeeze(-1) ** 2
+    a1 = a.squeeze(-1)
 
     def ev(y):
-        z = y[:, None] - x
-        u2 = (z / a) ** 2
+        u = (y[:, None] - x) / a
+        u2 = u * u
         w = torch.exp(-0.5 * u2)
         s0 = w.sum(-1)
-        return (n - s0, (z * w).sum(-1) / a2, ((1 - u2) * w).sum(-1) / a2, s0,
-                (z.abs() * w).sum(-1) / a2)
+        return n - s0, (u * w).sum(-1), ((1 - u2) * w).sum(-1), s0, (u.abs() * w).sum(-1)
 
     f, g, H, s0, _ = ev(y)
     done = torch.zeros_like(y, dtype=torch.bool)
     ftol = 8 * eps * n
     for _ in range(5 * _MAX_ITER):  # a degenerate minimum (H → 0) converges only linearly
-        ymm = torch.where(s0 > 0, y - g * a2 / s0.clamp_min(torch.finfo(y.dtype).tiny), y)
-        yn = torch.where(H > 0, y - g / H, ymm)
+        ymm = torch.where(s0 > 0, y - a1 * g / s0.clamp_min(torch.finfo(y.dtype).tiny), y)
+        yn = torch.where(H > 0, y - a1 * g / H, ymm)
         fn, gn, Hn, s0n, gan = ev(yn)
         rej = ~(fn <= f + ftol)
         if bool(rej.any()):
@@ -189,7 +214,7 @@ def _welsch_local(x, y, a, eps):
         y, f, g, H, s0 = (torch.where(keep, p, q) for p, q in
                           ((y, yn), (f, fn), (g, gn), (H, Hn), (s0, s0n)))
         # one last Newton correction when it is tiny (as the kernel: no new evaluation)
-        st = torch.where(H > 0, g / H, 0)
+        st = torch.where(H > 0, a1 * g / H, 0)
         fix = conv & ~keep & (st.abs() <= 1000 * eps * (y.abs() + a1))
         y = torch.where(fix, y - st, y)
         done = done | conv
@@ -250,9 +275,9 @@ def _solve_eager(x, pen, a):
         (y1, ok1), (y2, ok2) = _welsch_local(x, mean, a, eps), _welsch_local(x, median, a, eps)
     else:
         (y1, ok1), (y2, ok2) = _tq_local(x, mean, a), _tq_local(x, median, a)
-    f1 = _phi(y1[:, None] - x, pen, a).sum(-1)
-    f2 = _phi(y2[:, None] - x, pen, a).sum(-1)
-    tol = 8 * eps * x.shape[-1] * (1.0 if pen == "welsch" else 0.5 * a.squeeze(-1) ** 2)
+    f1 = _scaled_objective(y1[:, None] - x, pen, a).sum(-1)  # f/α² for the truncated quadratic
+    f2 = _scaled_objective(y2[:, None] - x, pen, a).sum(-1)
+    tol = 8 * eps * x.shape[-1] * (1.0 if pen == "welsch" else 0.5)
     pick2 = (f2 < f1 - tol) | (((f2 - f1).abs() <= tol) & (y2 < y1))
     return torch.where(pick2, y2, y1), torch.where(pick2, ok2, ok1)
 
@@ -260,14 +285,13 @@ def _solve_eager(x, pen, a):
 def _weights_eager(x, y, pen, a, need_alpha):
     """(w (B, n) = D_x y, dy/dα (B,) or None, number of bad rows)."""
     z = y[:, None] - x
-    d2 = _d2(z, pen, a)
-    H = d2.sum(-1, keepdim=True)  # H = D²_YY f
+    d2, d1a = _scaled_d2_dalpha(z, pen, a, need_alpha)  # both times the same c > 0 (α² for Welsch)
+    H = d2.sum(-1, keepdim=True)  # c·H, H = D²_YY f
     pos = H > 0
     w = d2 / torch.where(pos, H, 1)  # Dy = −H⁻¹B, B_i = −φ''(y − x_i)
     da = None
     if need_alpha:
-        da = torch.where(pos, -_d1_dalpha(z, pen, a).sum(-1, keepdim=True) / torch.where(pos, H, 1),
-                         0).squeeze(-1)
+        da = torch.where(pos, -d1a.sum(-1, keepdim=True) / torch.where(pos, H, 1), 0).squeeze(-1)
     nbad = 0
     if pen == "huber":
         gap = _huber_gap(x, y, a)
@@ -380,7 +404,7 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
         a = alpha.to(dtype=x.dtype, device=x.device)
         if not bool(torch.isfinite(a).all() & (a > 0).all()):
             raise DDNError("alpha must be finite and positive")
-        a_rows = _rows_of(a, pooled_shape, dim, B, "alpha")
+        a_rows = _rows_of(a, pooled_shape, dim, B, "alpha", keepdim)
         if not a_rows.requires_grad:
             a_rows = a_rows.contiguous()
     else:
@@ -398,19 +422,26 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
     return y.unsqueeze(dim) if keepdim else y
 
 
-def _rows_of(a, pooled_shape, dim, B, name):
-    """One value per pooled row (B,) from a tensor broadcastable to the output shape (``x``
-    without ``dim``) or to the keepdim shape (``x`` with ``shape[dim] = 1``)."""
+def _rows_of(a, pooled_shape, dim, B, name, keepdim=False):
+    """One value per pooled row (B,) from a tensor broadcastable to ``x`` without ``dim`` or to the
+    keepdim shape (``x`` with ``shape[dim] = 1``). Where both fit with different meanings (e.g. a
+    (C, 1) alpha for x of shape (C, C, n)), the output's own shape wins: the keepdim shape when
+    ``keepdim`` (as ``y * alpha`` would broadcast), else ``x`` without ``dim``."""
     out_shape = pooled_shape[:dim] + pooled_shape[dim + 1:]
-    try:
+
+    def drop():
         return a.expand(out_shape).reshape(B)
-    except RuntimeError:
-        pass
-    try:
+
+    def keep():
         return a.expand(pooled_shape).movedim(dim, -1).reshape(B)
-    except RuntimeError:
-        raise DDNError(f"{name} of shape {tuple(a.shape)} broadcasts neither to the output shape "
-                       f"{tuple(out_shape)} nor to {tuple(pooled_shape)}") from None
+
+    for f in ((keep, drop) if keepdim else (drop, keep)):
+        try:
+            return f()
+        except RuntimeError:
+            pass
+    raise DDNError(f"{name} of shape {tuple(a.shape)} broadcasts neither to the output shape "
+                   f"{tuple(out_shape)} nor to {tuple(pooled_shape)}")
 
 
 def _check_values_eager(x2, a):

@@ -1,0 +1,57 @@
+"""Regression tests from the adversarial audit of the pooling and projection layers (both backends:
+compiled kernel and eager torch). Each test failed before its fix."""
+import pytest
+import torch
+
+import ddn.torch as T
+
+F64 = torch.float64
+
+
+def _rows(B=6, n=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = 2 * torch.randn(B, n, generator=g, dtype=F64)
+    x[:, :2] += 6  # outliers: the non-convex penalties pick between two local minima
+    return x
+
+
+# ----------------------------------------------------------------------------- robust pooling
+@pytest.mark.parametrize("pen", ["welsch", "truncated-quadratic"])
+@pytest.mark.parametrize("dtype,scales", [(torch.float64, (1e-200, 1e-160, 1e160, 1e200)),
+                                          (torch.float32, (1e-25, 1e25))])
+def test_nonconvex_pooling_is_scale_equivariant_for_tiny_and_huge_alpha(pen, dtype, scales,
+                                                                        backend):
+    """y(s·x; s·α) = s·y(x; α), ∂y/∂x unchanged, ∂y/∂α unchanged. Welsch and the truncated
+    quadratic formed α² (φ'' ∝ 1/α², the objective's ceiling ½α²), which underflows to 0 or
+    overflows to inf for |log10 α| > 154 (float64) or > 19 (float32): Welsch did not converge
+    (a DDNWarning) or returned NaN gradients, the truncated quadratic silently returned the wrong
+    minimum (every objective compared as 0 or inf, the tie rule picked the smaller y)."""
+    x0 = _rows()
+    xr, ar = x0.clone().requires_grad_(), torch.full((6,), 1.0, dtype=F64, requires_grad=True)
+    yr = T.robust_pool(xr, pen, ar)
+    gxr, gar = torch.autograd.grad(yr.sum(), (xr, ar))
+    tol = 1e-12 if dtype == F64 else 1e-4
+    for s in scales:
+        x = (x0 * s).to(dtype).requires_grad_()
+        a = torch.full((6,), s, dtype=dtype, requires_grad=True)
+        y = T.robust_pool(x, pen, a)
+        gx, ga = torch.autograd.grad(y.sum(), (x, a))
+        assert torch.allclose(y.double() / s, yr, rtol=tol, atol=tol), s
+        assert torch.allclose(gx.double(), gxr, rtol=tol, atol=tol), s
+        assert torch.allclose(ga.double(), gar, rtol=tol, atol=tol), s
+
+
+def test_keepdim_alpha_broadcasts_like_the_keepdim_output(backend):
+    """keepdim=True: a (C, 1) alpha for x of shape (C, C, n) broadcasts against the (C, C, 1)
+    output, i.e. per dim 1 (per channel); it was read as per dim 0 (the no-keepdim shape was tried
+    first and also fits), silently pooling every row with another row's alpha."""
+    x = _rows(9, 7).reshape(3, 3, 7)
+    a = torch.tensor([[0.25], [1.0], [4.0]], dtype=F64)
+    for keepdim, row_alpha in ((True, lambda i, j: a[j, 0]), (False, lambda i, j: a[i, 0])):
+        y = T.robust_pool(x, "welsch", a, keepdim=keepdim)
+        want = torch.stack([torch.stack([T.robust_pool(x[i, j], "welsch", float(row_alpha(i, j)))
+                                         for j in range(3)]) for i in range(3)])
+        assert torch.equal(y.reshape(3, 3), want), keepdim
+    # the module with per-channel alpha and keepdim
+    layer = T.RobustPool("welsch", alpha=a, keepdim=True).to(F64)
+    assert torch.equal(layer(x), T.robust_pool(x, "welsch", a, keepdim=True))
