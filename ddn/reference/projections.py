@@ -168,6 +168,22 @@ def _proj_vjp(x, y, v, p, r, masked, ball):
     return v - sT * (sT @ v) / T.sum()
 
 
+def _clarke_stationarity(x, y, lam, p, r):
+    """min over subgradients s ∈ ∂‖y‖_p of ‖y − x − λ s‖∞ (a multiple of s for p = ∞, whose λ
+    is rescaled to fit): p = 1, s_i = sign(y_i) or any value in [−1, 1] where y_i = 0; p = ∞,
+    s = Σ_T w_i sign(y_i) e_i with w ≥ 0 on the face T = {|y_i| = r}."""
+    d = y - x
+    if p == 1:
+        Z = y == 0
+        return float(np.max(np.where(Z, np.maximum(np.abs(d) - abs(lam), 0.0),
+                                     np.abs(d - lam * np.sign(y))), initial=0.0))
+    T = np.abs(y) >= r * (1 - 1e-12)
+    c = d * _sgn(y)  # on T: λ w_i, all of one sign (that of λ)
+    sign = np.sign(np.sum(c[T])) if T.any() else 0.0
+    return float(max(np.max(np.abs(d[~T]), initial=0.0),
+                     np.max(np.maximum(-sign * c[T], 0.0), initial=0.0)))
+
+
 class _ProjectionNode:
     ball = False
 
@@ -201,6 +217,18 @@ class _ProjectionNode:
             gh = np.where(np.abs(y) >= self.radius * (1 - 1e-12), _sgn(y), 0.0)
         lam = float((y - x) @ gh / max(gh @ gh, 1e-300))
         return y, {"multipliers": np.array([lam])}
+
+    def optimality(self, x, y=None, ctx=None):
+        """The generic first-order conditions, with the residual of Clarke stationarity for
+        p = 1, ∞: there ‖·‖_p is not differentiable at y (y_i = 0, resp. ties on the face), the
+        smooth residual |y − x − λ∇h| is not 0 at the exact projection (it was ~τ for p = 1, so
+        ``ddn.check`` failed a correct node), and the subgradients ∂h must be used instead."""
+        opt = super().optimality(x, y, ctx)
+        if self.p != 2:
+            lam = float(opt.multipliers[0])
+            stat = _clarke_stationarity(opt.x, opt.y, lam, self.p, self.radius)
+            opt.residual = max(stat, self.kkt_residual(opt.x, opt.y, opt.multipliers)["feasibility"])
+        return opt
 
     def jacobian(self, x, y=None, ctx=None):
         """D y(x) as an (n, n) array (masked or Prop. 4.5 form, see module docstring)."""

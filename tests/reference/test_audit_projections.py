@@ -25,3 +25,24 @@ def test_simplex_projection_node_works_with_check_and_bilevel_helpers():
         R.shortcut_gradient(node, x)
     with pytest.raises(DDNError, match="radius"):
         R.SimplexProjectionNode(radius=0.0)
+
+
+CASES = [  # (node, x): p = 1 with coordinates pinned at 0, p = ∞ with ties on the face
+    (R.SphereProjectionNode(1), np.array([0.3, 0.1, 0.5, 2.0, -0.7])),
+    (R.BallProjectionNode(1), np.array([0.3, 0.1, 0.5, 2.0, -0.7])),
+    (R.SphereProjectionNode(1, radius=3.0), np.array([0.3, -0.1, 0.5])),  # inside: pushed out
+    (R.BallProjectionNode(float("inf")), np.array([3.0, -2.0, 0.5, 0.2])),
+    (R.SphereProjectionNode(float("inf")), np.array([3.0, -2.0, 0.5, 0.2])),
+]
+
+
+@pytest.mark.parametrize("node, x", CASES, ids=[f"{type(n).__name__}-p{n.p}-{i}"
+                                              for i, (n, _) in enumerate(CASES)])
+def test_check_gradient_passes_exact_nonsmooth_projections(node, x):
+    # the optimality residual was the smooth |y − x − λ∇h| with autograd's ∇|0| = 0, about τ at
+    # the exact p = 1 projection, so check_gradient reported FAILED for a correct node
+    rep = check_gradient(node, x)
+    assert rep.ok, rep
+    assert rep.residual < 1e-12
+    y_bad = node.solve(x)[0] + np.array([1e-3, -1e-3] + [0.0] * (x.size - 2))
+    assert node.optimality(x, y_bad).residual > 1e-4  # a wrong y is still seen
