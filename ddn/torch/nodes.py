@@ -290,9 +290,26 @@ class DeclarativeNode:
         if not torch.is_tensor(y) or not y.is_floating_point() or y.dim() == 0 or y.shape[0] != b:
             raise DDNError(f"solve must return a floating tensor y of shape (batch={b}, ...), got "
                            f"{getattr(y, 'shape', type(y).__name__)}")
+        x0 = next(x for x in xs if x.is_floating_point())
+        if y.device != x0.device:
+            raise DDNError(f"{type(self).__name__}.solve returned y on {y.device} for inputs on "
+                           f"{x0.device}: return y on the inputs' device")
+        if self.output_shape is not None and tuple(y.shape[1:]) != self.output_shape:
+            raise DDNError(f"{type(self).__name__}.solve returned y of shape {tuple(y.shape)}, but "
+                           f"output_shape={self.output_shape} says ({b}, {', '.join(map(str, self.output_shape))})")
+        # a NaN/Inf y from finite inputs would pass silently: the implicit gradient need not be NaN
+        nonfinite = ~torch.isfinite(y.detach().reshape(b, -1)).all(1) & ~bad.to(y.device)
+        if nonfinite.any():
+            report("the solver returned a non-finite y (NaN or Inf) for finite inputs", nonfinite,
+                   "Its gradient is meaningless. Remedy: check the solve (or the objective's domain "
+                   "at initial_guess), or give a better initial_guess.", self.on_degenerate)
         conv = ctx.get("converged")
         if conv is not None:
             conv = torch.as_tensor(conv, device=y.device).reshape(-1)
+            if conv.numel() not in (1, b):
+                raise DDNError(f"ctx['converged'] must be (batch,) = ({b},) bool, got shape "
+                               f"{tuple(conv.shape)}")
+            conv = conv.bool()
             nc = ~conv & ~bad
             if nc.any():
                 hint = (" The constraints may also have no common feasible point for these "
@@ -320,7 +337,11 @@ class DeclarativeNode:
         ones = torch.ones(b, p, dtype=torch.bool, device=yf.device)
         if q:
             if ctx.get("active") is not None:
-                act = torch.as_tensor(ctx["active"], device=yf.device).reshape(b, q).bool()
+                act = torch.as_tensor(ctx["active"], device=yf.device)
+                if act.numel() != b * q:
+                    raise DDNError(f"ctx['active'] must be (batch, q) = ({b}, {q}) bool (one flag per "
+                                   f"inequality constraint), got shape {tuple(act.shape)}")
+                act = act.reshape(b, q).bool()
             else:
                 act = g.detach() > -eps_scale
         else:
@@ -342,7 +363,19 @@ class DeclarativeNode:
                    "multipliers and a pseudo-inverse of the KKT matrix).", self.on_degenerate)
         given = ctx.get("multipliers")
         if given is not None and not create_graph:
-            lam = torch.as_tensor(given, dtype=yf.dtype, device=yf.device).reshape(b, P) * maskf
+            lam = torch.as_tensor(given, dtype=yf.dtype, device=yf.device)
+            if lam.numel() != b * P:
+                raise DDNError(f"ctx['multipliers'] must be (batch, p + q) = ({b}, {P}) (p = {p} "
+                               f"equality, q = {q} inequality constraints, in that order), got shape "
+                               f"{tuple(lam.shape)}")
+            lam = lam.reshape(b, P) * maskf
+            # NaN/Inf multipliers from a finite y would make the gradient NaN without a word
+            badlam = ~torch.isfinite(lam.detach()).all(1) & finite
+            if badlam.any():
+                report("ctx['multipliers'] is not finite (NaN or Inf); the least-squares multipliers "
+                       "(Eq. 32) are used instead", badlam,
+                       "Remedy: check the multipliers your solve returns.", self.on_degenerate)
+                lam = torch.where(badlam.unsqueeze(-1), lam_ls * maskf, lam)
         else:
             lam = lam_ls * maskf
         scale = eps_scale * gf.detach().norm(dim=-1).clamp_min(1.0)

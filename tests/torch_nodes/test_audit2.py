@@ -52,3 +52,95 @@ def test_default_solver_on_a_repeated_linear_constraint_finds_the_solution(singu
         assert ctx["multipliers"].abs().max() < 10
         if singular == "pinv":
             assert torch.allclose(rep.jacobian(x), full.jacobian(x), atol=1e-9)
+
+
+class Near(DeclarativeNode):
+    """min ½‖y − x‖² + 0.1 Σ y⁴ (default solver), or a solve that returns a bad y / ctx."""
+
+    def __init__(self, bad=None, **kw):
+        super().__init__(3, **kw)
+        self.bad = bad
+
+    def objective(self, x, y):
+        return 0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1)
+
+    def solve(self, x):
+        y, ctx = DeclarativeNode.solve(self, x)
+        if self.bad == "nan":
+            y = y.clone()
+            y[1] = float("nan")
+        elif self.bad == "trailing":
+            y = y.unsqueeze(-1)
+        elif self.bad == "short":
+            y = y[:, :2]
+        elif self.bad == "device":
+            y = y.to("meta")
+        elif self.bad == "converged":
+            ctx = {"converged": torch.ones(y.shape[0] + 1, dtype=torch.bool)}
+        return y, ctx
+
+
+def test_a_non_finite_y_from_finite_inputs_is_named():
+    """H = I + 1.2 diag(y²) does not see the NaN through B = −I: the gradient of the NaN element
+    came back as finite numbers and nothing was said."""
+    x = torch.randn(3, 3, dtype=F64, requires_grad=True)
+    with pytest.warns(DDNWarning, match=r"non-finite y .* element\(s\) \[1\]"):
+        DeclarativeLayer(Near("nan"))(x)
+    with pytest.raises(DDNError, match="non-finite y"):
+        Near("nan", on_degenerate="error")(x)
+
+
+@pytest.mark.parametrize("bad, match", [("trailing", r"shape \(3, 3, 1\).*output_shape=\(3,\)"),
+                                        ("short", r"shape \(3, 2\)"),
+                                        ("device", "on meta for inputs on cpu"),
+                                        ("converged", r"ctx\['converged'\] must be \(batch,\)")])
+def test_a_solve_returning_a_bad_y_or_ctx_is_a_clear_error(bad, match):
+    """Were opaque RuntimeErrors from the objective or from broadcasting, some only in backward
+    (a (b, 3, 1) y passed the forward and broke the backward)."""
+    x = torch.randn(3, 3, dtype=F64, requires_grad=True)
+    with pytest.raises(DDNError, match=match):
+        DeclarativeLayer(Near(bad))(x).sum().backward()
+
+
+class Sphere(EqConstrainedNode):
+    """min ½‖y − x‖² s.t. ‖y‖² = 1, Σy = 0; the solve can spoil ctx['multipliers']."""
+
+    def __init__(self, bad=None, **kw):
+        super().__init__(3, **kw)
+        self.bad = bad
+
+    def objective(self, x, y):
+        return 0.5 * ((y - x) ** 2).sum(-1)
+
+    def equality_constraints(self, x, y):
+        return torch.stack([(y * y).sum(-1) - 1, y.sum(-1)], -1)
+
+    def initial_guess(self, x):
+        u = x - x.mean(-1, keepdim=True)
+        return u / u.norm(dim=-1, keepdim=True)
+
+    def solve(self, x):
+        y, ctx = EqConstrainedNode.solve(self, x)
+        lam = ctx["multipliers"].clone()
+        if self.bad == "nan":
+            lam[2, 0] = float("nan")
+        elif self.bad == "shape":
+            lam = lam[:, 0]
+        return y, dict(ctx, multipliers=lam)
+
+
+def test_non_finite_multipliers_are_named_and_replaced_by_least_squares():
+    """A NaN multiplier from the user's solve made that element's gradient NaN silently."""
+    x = torch.randn(4, 3, dtype=F64)
+    v = torch.randn(4, 3, dtype=F64)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    DeclarativeLayer(Sphere())(x1).backward(v)
+    with pytest.warns(DDNWarning, match=r"multipliers'\] is not finite.*element\(s\) \[2\]"):
+        DeclarativeLayer(Sphere("nan"))(x2).backward(v)
+    assert torch.allclose(x2.grad, x1.grad, atol=1e-10)
+
+
+def test_multipliers_of_the_wrong_shape_are_a_clear_error():
+    x = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    with pytest.raises(DDNError, match=r"ctx\['multipliers'\] must be \(batch, p \+ q\) = \(4, 2\)"):
+        DeclarativeLayer(Sphere("shape"))(x).sum().backward()
