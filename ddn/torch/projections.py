@@ -191,7 +191,11 @@ class _ProjectFn(torch.autograd.Function):
             gx, gr = _kernels.proj_backward(v.contiguous(), y, r.contiguous(), aux, p, kind, masked)
         else:
             if torch.is_grad_enabled() and p == 2 and kind != "simplex":
-                aux = torch.where(aux > 0, x.norm(dim=-1), aux)
+                # ‖x‖ = m‖x/m‖ with m = max|x| held constant (exact for any m > 0): a plain
+                # x.norm() over/underflows for huge/tiny x and zeroed the gradient
+                m = x.detach().abs().amax(-1, keepdim=True)
+                nrm = m.squeeze(-1) * torch.linalg.vector_norm(x / torch.where(m > 0, m, 1), dim=-1)
+                aux = torch.where(aux > 0, nrm, aux)
             gx, gr = _backward_eager(v, y, r, aux, p, kind, masked)
         return gx, (gr if ctx.needs_input_grad[1] else None), None, None, None, None
 

@@ -55,3 +55,30 @@ def test_keepdim_alpha_broadcasts_like_the_keepdim_output(backend):
     # the module with per-channel alpha and keepdim
     layer = T.RobustPool("welsch", alpha=a, keepdim=True).to(F64)
     assert torch.equal(layer(x), T.robust_pool(x, "welsch", a, keepdim=True))
+
+
+# ----------------------------------------------------------------------------- projections
+@pytest.mark.parametrize("kind", ["sphere", "ball"])
+@pytest.mark.parametrize("s", [1e-200, 1e200])
+def test_l2_projection_create_graph_gradient_for_huge_and_tiny_x(kind, s, backend):
+    """Under create_graph=True the p = 2 backward recomputed ‖x‖ with x.norm(), which overflows
+    to inf (huge x) or underflows to 0 (tiny x) while the forward rescales: the first-order
+    gradient silently became 0 (a gradient penalty or hypergradient lost it entirely)."""
+    fn = T.project_sphere if kind == "sphere" else T.project_ball
+    x0 = torch.randn(3, 5, dtype=F64, generator=torch.Generator().manual_seed(1)) * 3 * s
+    v = torch.randn(3, 5, dtype=F64, generator=torch.Generator().manual_seed(2))
+    x1 = x0.clone().requires_grad_()
+    (g1,) = torch.autograd.grad(fn(x1, 2, 1.0), x1, v)
+    x2 = x0.clone().requires_grad_()
+    (g2,) = torch.autograd.grad(fn(x2, 2, 1.0), x2, v, create_graph=True)
+    assert g2.requires_grad
+    assert torch.allclose(g2 * s, g1 * s, rtol=1e-12, atol=1e-14)
+    assert (g1 * s).abs().max() > 1e-3 or kind == "ball" and s < 1  # not trivially zero
+    # closed form (r/‖x‖)(v − ŷŷᵀv), in units of s
+    xs = x0 / s
+    nrm = xs.norm(dim=-1, keepdim=True)
+    yh = xs / nrm
+    want = (v - yh * (yh * v).sum(-1, keepdim=True)) / nrm
+    if kind == "ball" and s < 1:
+        want = v * s  # inside the unit ball: y = x
+    assert torch.allclose(g2 * s, want, rtol=1e-12, atol=1e-14)
