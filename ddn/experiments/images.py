@@ -40,6 +40,7 @@ import math
 import struct
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ddn import DDNError
+from ddn import DDNError, DDNWarning
 
 from .common import (append_results, apply_preset, checkpoint_lock, choose_device, classification_metrics,
                     config_hash, run_training, epoch_generator, format_table, paper_table,
@@ -58,7 +59,7 @@ __all__ = [
     "ImageConfig", "PRESETS", "preset", "VARIANTS", "variant_name", "parse_variant", "expected_norm", "auto_scale",
     "FeatureProjection", "BasicBlock", "ResNet18", "load_fashion_mnist", "ImageFolderDataset",
     "TensorImages", "random_resized_crop", "resize_shorter", "center_crop", "load_data",
-    "train_model", "evaluate", "run_experiment", "render_table", "main",
+    "train_model", "evaluate", "run_experiment", "render_table", "main", "check_config",
 ]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -197,11 +198,19 @@ FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:           # not gzip, or cut short
+        raise DDNError(f"{path} is not a complete gzip file ({e}); download it again, or "
+                       f"reinstall dataset-fashion-mnist") from None
+    if len(raw) < 4:
+        raise DDNError(f"{path}: {len(raw)} bytes, too short for an idx header")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DDNError(f"{path} is not an unsigned-byte idx file (magic {raw[:4].hex()})")
+    if len(raw) < 4 + 4 * ndim:
+        raise DDNError(f"{path}: the idx header is cut short ({len(raw)} bytes for {ndim} dims)")
     shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != math.prod(shape):
@@ -218,13 +227,20 @@ def load_fashion_mnist(root=None, split="train"):
         DDNError naming the remedy when the files are absent.
     """
     root = Path(root or FASHION_MNIST_DIR)
-    stem = {"train": "train", "test": "t10k", "val": "t10k", "t10k": "t10k"}[split]
+    stems = {"train": "train", "test": "t10k", "val": "t10k", "t10k": "t10k"}
+    if split not in stems:
+        raise DDNError(f"unknown Fashion-MNIST split {split!r}; use 'train' or 'test'")
+    stem = stems[split]
     fi, fl = root / f"{stem}-images-idx3-ubyte.gz", root / f"{stem}-labels-idx1-ubyte.gz"
     if not (fi.is_file() and fl.is_file()):
         raise DDNError(FMNIST_HELP.format(root=str(root)))
     x, y = _read_idx(fi), _read_idx(fl)
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise DDNError(f"Fashion-MNIST files in {root} have inconsistent shapes {x.shape}, {y.shape}")
+    if len(y) == 0:
+        raise DDNError(f"the Fashion-MNIST {split} files in {root} hold no images")
+    if y.max() >= len(FMNIST_CLASSES):
+        raise DDNError(f"{fl}: labels must be in 0..{len(FMNIST_CLASSES) - 1}; got up to {y.max()}")
     return torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))
 
 
@@ -279,11 +295,30 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if not d.is_dir():
             raise DDNError(f"no folder {d}: an ImageNet-layout data set needs "
                            f"{Path(root) / 'train'}/<class>/* and {Path(root) / 'val'}/<class>/*")
-        self.classes = classes or sorted(p.name for p in d.iterdir() if p.is_dir())
+        found = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.classes = list(classes or found)
+        missing = [c for c in self.classes if c not in found]
+        if missing:
+            loose = sum(1 for p in d.iterdir() if p.suffix.lower() in IMG_EXT)
+            raise DDNError(
+                f"{d} lacks the class folders {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                f"({len(missing)} of {len(self.classes)})"
+                + (f"; it holds {loose} loose images: the ImageNet validation images must be "
+                   f"sorted into {d}/<class>/ folders named as in train/" if loose else ""))
+        unknown = [c for c in found if c not in self.classes]
+        if unknown:
+            raise DDNError(f"{d} has class folders {unknown[:5]} that the training classes "
+                           f"lack; their images would be ignored")
         self.samples = [(f, c) for c, name in enumerate(self.classes)
                         for f in sorted((d / name).iterdir()) if f.suffix.lower() in IMG_EXT]
         if not self.samples:
             raise DDNError(f"no images under {d}/<class>/ (extensions {sorted(IMG_EXT)})")
+        counts = np.bincount([c for _, c in self.samples], minlength=len(self.classes))
+        empty = [self.classes[c] for c in np.nonzero(counts == 0)[0]]
+        if empty:
+            warnings.warn(f"{d}: class folders without images: {empty[:5]}"
+                          f"{' ...' if len(empty) > 5 else ''}; those classes have no "
+                          f"{split} sample", DDNWarning, stacklevel=2)
         self.train = split == "train" if train is None else train
         self.size, self.resize, self.seed, self.epoch = size, resize, seed, 0
         self.labels = torch.tensor([c for _, c in self.samples])
@@ -329,14 +364,26 @@ class TensorImages:
 
 
 def _stratified_subset(labels, n, seed):
-    """Indices of ``n`` samples with (as near as possible) equal counts per class."""
+    """Sorted indices of exactly ``n`` samples (all when ``n`` is None or too large) with counts
+    per class as equal as possible: every class gets ``n // C`` (or all it has), the remainder
+    goes one by one to classes drawn at random. (It used to return ``C·(n // C)`` samples:
+    60 for n = 65, and C for n < C.)"""
     if n is None or n >= len(labels):
         return torch.arange(len(labels))
+    if n < 1:
+        raise DDNError(f"a subset needs n >= 1 samples; got {n}")
     g = torch.Generator().manual_seed(seed)
     C = int(labels.max()) + 1
-    per = max(1, n // C)
-    idx = [torch.nonzero(labels == c).flatten() for c in range(C)]
-    return torch.cat([i[torch.randperm(len(i), generator=g)[:per]] for i in idx]).sort().values
+    idx, rank = [], []
+    for c in range(C):                    # a random order within each class ...
+        i = torch.nonzero(labels == c).flatten()
+        idx.append(i[torch.randperm(len(i), generator=g)])
+        rank.append(torch.arange(len(i)))
+    idx, rank = torch.cat(idx), torch.cat(rank)
+    cls = labels[idx].long()
+    # ... then round robin over the classes (in a random class order within a round)
+    key = rank * C + torch.randperm(C, generator=g)[cls]
+    return idx[key.argsort()[:n]].sort().values
 
 
 # ============================================================================ configuration
@@ -384,8 +431,41 @@ PRESETS = {
 
 
 def preset(name: str | None = None, **overrides) -> ImageConfig:
-    """Configuration of preset ``name`` (default ``smoke`` under DDN_SMOKE, else ``cpu``)."""
-    return apply_preset(ImageConfig, PRESETS, name, overrides, "image")
+    """Configuration of preset ``name`` (default ``smoke`` under DDN_SMOKE, else ``cpu``),
+    checked by :func:`check_config`."""
+    return check_config(apply_preset(ImageConfig, PRESETS, name, overrides, "image"))
+
+
+def check_config(cfg: ImageConfig) -> ImageConfig:
+    """DDNError naming the setting when ``cfg`` cannot give a meaningful run, before any
+    training (a bad variant used to fail only after the data had loaded and earlier variants
+    had trained; zero epochs evaluated an untrained model)."""
+    def bad(msg):
+        raise DDNError(f"image experiment: {msg}")
+    if cfg.data not in ("fashion-mnist", "imagenet"):
+        bad(f"unknown data {cfg.data!r}; use 'fashion-mnist' or 'imagenet'")
+    if not cfg.variants:
+        bad("no variant given; use none, sphere-P or ball-P with P in 1, 2, inf")
+    for v in cfg.variants:
+        parse_variant(v)
+    if cfg.stem not in ("imagenet", "small"):
+        bad(f"stem must be 'imagenet' or 'small'; got {cfg.stem!r}")
+    for k in ("epochs", "width", "image_size", "lr_step"):
+        v = getattr(cfg, k)
+        if int(v) != v or v < 1:
+            bad(f"{k} must be a positive integer; got {v!r}")
+    for k in ("n_train", "n_test"):
+        v = getattr(cfg, k)
+        if v is not None and (int(v) != v or v < 1):
+            bad(f"{k} must be a positive integer or None (all); got {v!r}")
+    if int(cfg.batch_size) != cfg.batch_size or cfg.batch_size < 2:
+        bad(f"batch_size must be an integer >= 2 (batch norm); got {cfg.batch_size!r}")
+    if cfg.num_workers < 0 or not cfg.lr > 0:
+        bad(f"need num_workers >= 0 and lr > 0; got {cfg.num_workers}, {cfg.lr}")
+    for p, v in (cfg.scales or {}).items():
+        if _parse_p(p) not in (1.0, 2.0, math.inf) or not (v > 0 and math.isfinite(v)):
+            bad(f"scales maps p in 1, 2, inf to a finite radius > 0; got {p!r}: {v!r}")
+    return cfg
 
 
 def variant_name(kind, p) -> str:
@@ -403,7 +483,10 @@ def parse_variant(v: str):
     kind, _, p = v.partition("-")
     if kind not in ("sphere", "ball") or not p:
         raise DDNError(f"variant {v!r}: use none, sphere-P or ball-P with P in 1, 2, inf")
-    p = _parse_p(p)
+    try:
+        p = _parse_p(p)
+    except ValueError:
+        raise DDNError(f"variant {v!r}: p must be 1, 2 or inf") from None
     if p not in (1.0, 2.0, math.inf):
         raise DDNError(f"variant {v!r}: p must be 1, 2 or inf")
     return kind, p
@@ -515,7 +598,7 @@ def run_experiment(cfg: ImageConfig | None = None, device=None, results_csv=None
                    checkpoint_dir=None, show_progress=True, data=None) -> list[dict]:
     """Train and evaluate every variant of ``cfg.variants``; append one row per variant to
     ``results_csv`` (default ``results/images.csv``) and return the rows."""
-    cfg = cfg or preset()
+    cfg = check_config(cfg or preset())
     device = choose_device(device)
     results_csv = Path(results_csv or results_dir() / "images.csv")
     checkpoint_dir = Path(checkpoint_dir or results_csv.parent / "checkpoints")
@@ -542,12 +625,13 @@ def run_experiment(cfg: ImageConfig | None = None, device=None, results_csv=None
     return rows
 
 
-def render_table(results_csv=None, preset_name="cpu") -> str:
-    """Markdown table in Table IV's layout: each cell ``ours (paper)``."""
+def render_table(results_csv=None, preset_name="cpu", data: str | None = None) -> str:
+    """Markdown table in Table IV's layout: each cell ``ours (paper)``; rows of ``preset_name``
+    (and of ``data`` when given)."""
     rows = read_results(results_csv or results_dir() / "images.csv")
     latest = {}
     for r in rows:                       # the latest row per variant, in the paper's order
-        if r.get("preset") == preset_name:
+        if r.get("preset") == preset_name and (data is None or r.get("data") == data):
             latest[variant_name(*parse_variant(r["variant"]))] = r
     order = [variant_name(k, p) for k, p in VARIANTS]
     latest = {v: latest[v] for v in sorted(latest, key=lambda v: order.index(v))}
@@ -594,15 +678,28 @@ def main(argv=None):
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
+    if a.threads is not None and a.threads < 1:
+        ap.error(f"--threads must be >= 1; got {a.threads}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = preset(a.preset, data=a.data, data_root=a.data_root,
-                 variants=a.variants.split(",") if a.variants else None, epochs=a.epochs,
-                 n_train=a.n_train, n_test=a.n_test, width=a.width, seed=a.seed,
-                 num_workers=a.workers)
-    if not a.render_only:
-        run_experiment(cfg, a.device, a.results, a.checkpoints, show_progress=not a.no_progress)
-    print(render_table(a.results, cfg.preset))
+    try:                     # bad settings: a usage error before anything runs
+        variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else None
+        cfg = preset(a.preset, data=a.data, data_root=a.data_root,
+                     variants=variants, epochs=a.epochs,
+                     n_train=a.n_train, n_test=a.n_test, width=a.width, seed=a.seed,
+                     num_workers=a.workers)
+        if not a.render_only:
+            choose_device(a.device)
+    except DDNError as e:
+        ap.error(str(e))
+    try:                     # missing data and the like: the message, not a traceback
+        if not a.render_only:
+            run_experiment(cfg, a.device, a.results, a.checkpoints,
+                           show_progress=not a.no_progress)
+        print(render_table(a.results, cfg.preset, cfg.data))
+    except DDNError as e:
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
