@@ -246,6 +246,12 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
                            "that the solver returns a minimum.", on_degenerate)
             else:
                 w, sinfo = _linalg.minres(matvec, v, tol=tol, max_iter=max_iter)
+                if spd and (sinfo["indefinite"] & named).any():
+                    report(f"{name} is indefinite (MINRES met a direction of negative curvature): "
+                           "y is a saddle point or a maximum, not a minimum; the gradient is that "
+                           "of this stationary point", sinfo["indefinite"] & named,
+                           "Remedy: check the solver (it should return a minimum), or ignore if a "
+                           "stationary point is intended.", on_degenerate)
             info.update(sinfo)
             bad = ~sinfo["converged"] & named
             if "negative_curvature" in sinfo:

@@ -185,7 +185,9 @@ def cg(matvec, r, *, tol, max_iter):
 def minres(matvec, r, *, tol, max_iter):
     """MINRES (Paige & Saunders, 1975) for the batch ``K w = r`` with ``K`` symmetric, possibly
     indefinite (a KKT matrix), given as ``matvec``. Stops element-wise when the residual estimate
-    ``φ̄ ≤ tol ‖r‖``. Returns ``w`` and ``info`` with ``converged`` and ``iterations``."""
+    ``φ̄ ≤ tol ‖r‖``. Returns ``w`` and ``info`` with ``converged``, ``iterations`` and
+    ``indefinite`` (a Lanczos vector with ``vᵀKv < 0`` was met: ``K`` has a negative eigenvalue; a
+    certificate, so it can miss an indefinite ``K`` but never flags a positive semidefinite one)."""
     b = r.shape[0]
     dt = r.dtype
     one = torch.ones(b, dtype=dt, device=r.device)
@@ -207,6 +209,9 @@ def minres(matvec, r, *, tol, max_iter):
     w = torch.zeros_like(r)
     w2 = torch.zeros_like(r)
     done = phibar.detach() <= thresh
+    # Lanczos Rayleigh quotients vᵀKv of unit vectors: one clearly negative proves K indefinite
+    kmax = zero.clone()
+    neg = torch.zeros(b, dtype=torch.bool, device=r.device)
     it = 0
     for it in range(1, max_iter + 1):
         if bool(done.all()):
@@ -219,6 +224,9 @@ def minres(matvec, r, *, tol, max_iter):
             osafe = torch.where(oldb.abs() > tiny, oldb, one)
             y = y - (beta / osafe).unsqueeze(-1) * r1
         alfa = _bdot(v, y)
+        with torch.no_grad():
+            kmax = torch.maximum(kmax, alfa.detach().abs() + beta.detach().abs())
+            neg = neg | (~done & (alfa.detach() < -100 * eps_of(dt) * kmax))
         y = y - (alfa / bsafe).unsqueeze(-1) * r2
         r1 = r2
         r2 = y
@@ -242,4 +250,5 @@ def minres(matvec, r, *, tol, max_iter):
     # The estimate φ̄ can be optimistic: confirm with a true residual.
     true_res = (matvec(x) - r).norm(dim=-1).detach()
     converged = true_res <= 10 * thresh + 10 * eps_of(dt) * beta1.detach()
-    return x, {"converged": converged, "iterations": it, "linear_residual": true_res / beta1.detach().clamp_min(tiny)}
+    return x, {"converged": converged, "iterations": it, "indefinite": neg,
+               "linear_residual": true_res / beta1.detach().clamp_min(tiny)}

@@ -144,3 +144,29 @@ def test_multipliers_of_the_wrong_shape_are_a_clear_error():
     x = torch.randn(4, 3, dtype=F64, requires_grad=True)
     with pytest.raises(DDNError, match=r"ctx\['multipliers'\] must be \(batch, p \+ q\) = \(4, 2\)"):
         DeclarativeLayer(Sphere("shape"))(x).sum().backward()
+
+
+class DoubleWell(DeclarativeNode):
+    """f = (‖y‖² − 1)² − xᵀy: at x = 0 the default Newton stays at its start y = 0, a maximum."""
+
+    def objective(self, x, y):
+        return ((y * y).sum(-1) - 1) ** 2 - (x * y).sum(-1)
+
+
+@pytest.mark.parametrize("solver", ["dense", "cg", "minres"])
+def test_an_indefinite_hessian_is_named_by_every_linear_solver(solver):
+    """dense and cg named H = −4I at y = 0; MINRES (linear_solver='minres') said nothing."""
+    x = torch.zeros(2, 3, dtype=F64)
+    x[1, 0] = 0.5
+    xr = x.clone().requires_grad_()
+    node = DoubleWell(3, linear_solver=solver)
+    with pytest.warns(DDNWarning, match=r"(indefinite|not positive definite).*element\(s\) \[0\]"):
+        DeclarativeLayer(node)(xr).sum().backward()
+
+
+def test_minres_on_a_positive_definite_hessian_says_nothing():
+    x = torch.randn(6, 3, dtype=F64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DDNWarning)
+        DeclarativeLayer(Near(linear_solver="minres"))(x).sum().backward()
+        DeclarativeLayer(DoubleWell(3, linear_solver="minres"))(x + 3).sum().backward()
