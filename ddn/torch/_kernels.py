@@ -45,6 +45,16 @@ _state = {"lib": None, "tried": False, "pool": None, "error": None}
 _PAR_MIN = 1 << 18  # split rows over threads above this many elements
 
 
+def _forget_pool():
+    # a forked child inherits the pool object but not its threads: submitting to it would wait
+    # forever (e.g. robust_pool in a multiprocessing worker after the parent used the threads)
+    _state["pool"] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _cpu_id():
     try:
         with open("/proc/cpuinfo") as f:

@@ -82,3 +82,41 @@ def test_l2_projection_create_graph_gradient_for_huge_and_tiny_x(kind, s, backen
     if kind == "ball" and s < 1:
         want = v * s  # inside the unit ball: y = x
     assert torch.allclose(g2 * s, want, rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- kernel threads
+def _pool_in_child(q):
+    x = torch.randn(64, 64, dtype=F64)
+    q.put(tuple(T.robust_pool(x, "huber").shape))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_kernel_threads_work_in_a_forked_child(monkeypatch):
+    """The kernel's row threads live in a ThreadPoolExecutor kept across calls; a forked child
+    (multiprocessing's default on Linux) inherits the pool object but not its threads, so the
+    child's first threaded call waited forever. The pool is now dropped in the child at fork."""
+    import multiprocessing as mp
+
+    from ddn.torch import _kernels
+    if _kernels.lib() is None:
+        pytest.skip("compiled kernel unavailable")
+    monkeypatch.setattr(_kernels, "ENABLED", True)
+    monkeypatch.setattr(_kernels, "_PAR_MIN", 1)  # thread even small inputs
+    nt = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        T.robust_pool(torch.randn(64, 64, dtype=F64), "huber")  # the parent creates the pool
+        assert _kernels._state["pool"] is not None
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_pool_in_child, args=(q,))
+        p.start()
+        p.join(15)
+        hung = p.is_alive()
+        if hung:
+            p.kill()
+            p.join()
+        assert not hung, "robust_pool hung in a forked child"
+        assert q.get(timeout=5) == (64,)
+    finally:
+        torch.set_num_threads(nt)
