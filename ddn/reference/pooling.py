@@ -217,6 +217,17 @@ def _check_input(x, alpha):
     return x
 
 
+def _check_scalar(a, name):
+    """The one entry of a finite (1,) array (or scalar): y and v of the m = 1 pooling node. A
+    longer v used to be read as v[0] silently (a wrong gradient)."""
+    a = np.asarray(a, dtype=float)
+    if a.size != 1 or a.ndim > 1:
+        raise DDNError(f"{name} must have shape (1,) (pooling has one output), got {a.shape}")
+    if not np.isfinite(a).all():
+        raise DDNError(f"{name} contains NaN or Inf: {a}")
+    return float(a.reshape(-1)[0])
+
+
 def robust_pool(x, penalty="pseudo-huber", alpha=1.0):
     """Robust pooling ``y = argmin_u Σ_i φ(u − x_i; α)`` of a 1-D vector; returns a float.
 
@@ -242,6 +253,8 @@ class RobustPoolNode(_Base):
 
     def __init__(self, penalty="pseudo-huber", alpha=1.0):
         self.penalty = _check_penalty(penalty)
+        if not (np.isfinite(alpha) and alpha > 0):
+            raise DDNError(f"alpha must be a finite positive number, got {alpha}")
         self.alpha = float(alpha)
 
     def __repr__(self):
@@ -261,7 +274,7 @@ class RobustPoolNode(_Base):
     def _weights(self, x, y):
         """(D_x y as (n,), dy/dα as float) at the solution y."""
         x = _check_input(x, self.alpha)
-        y = float(np.ravel(y)[0])
+        y = float(_check_scalar(y, "y"))
         if self.penalty == "huber":
             gap = _huber_gap(x, self.alpha)
             if gap is not None:  # interval of minimizers; y is its midpoint
@@ -286,9 +299,10 @@ class RobustPoolNode(_Base):
 
     def vjp(self, x, v, y=None, ctx=None):
         """vᵀ D y(x) as an (n,) array (O(n) memory, Eq. 78)."""
+        v = _check_scalar(v, "v")
         if y is None:
             y, ctx = self.solve(x)
-        return float(np.ravel(v)[0]) * self._weights(x, y)[0]
+        return v * self._weights(x, y)[0]
 
     def jacobian_alpha(self, x, y=None):
         """dy/dα as a (1,) array."""

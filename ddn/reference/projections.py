@@ -168,6 +168,22 @@ def _proj_vjp(x, y, v, p, r, masked, ball):
     return v - sT * (sT @ v) / T.sum()
 
 
+def _check_like(a, x, name):
+    """a as a finite float array of x's shape, else DDNError (NaN in v gave NaN silently, a y of
+    the wrong shape an unreadable broadcast error)."""
+    a = np.asarray(a, dtype=float)
+    if a.shape != x.shape:
+        raise DDNError(f"{name} must have the shape of x {x.shape}, got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise DDNError(f"{name} contains NaN or Inf: {a}")
+    return a
+
+
+def _solution_of(node, x, y):
+    """y from the forward pass (checked), or solved now."""
+    return node.solve(x)[0] if y is None else _check_like(y, x, "y")
+
+
 def _clarke_stationarity(x, y, lam, p, r):
     """min over subgradients s ∈ ∂‖y‖_p of ‖y − x − λ s‖∞ (a multiple of s for p = ∞, whose λ
     is rescaled to fit): p = 1, s_i = sign(y_i) or any value in [−1, 1] where y_i = 0; p = ∞,
@@ -233,25 +249,20 @@ class _ProjectionNode:
     def jacobian(self, x, y=None, ctx=None):
         """D y(x) as an (n, n) array (masked or Prop. 4.5 form, see module docstring)."""
         x = _check(x, self.p, self.radius)
-        if y is None:
-            y, ctx = self.solve(x)
+        y = _solution_of(self, x, y)
         return _proj_jacobians(x, y, self.p, self.radius, self.masked, self.ball)[0]
 
     def vjp(self, x, v, y=None, ctx=None):
         """vᵀ D y(x), (n,), in O(n) (Dy is never formed)."""
         x = _check(x, self.p, self.radius)
-        v = np.asarray(v, dtype=float)
-        if v.shape != x.shape:
-            raise DDNError(f"v must have the shape of y {x.shape}, got {v.shape}")
-        if y is None:
-            y, ctx = self.solve(x)
+        v = _check_like(v, x, "v")
+        y = _solution_of(self, x, y)
         return _proj_vjp(x, y, v, self.p, self.radius, self.masked, self.ball)
 
     def jacobian_radius(self, x, y=None):
         """dy/dr as an (n,) array."""
         x = _check(x, self.p, self.radius)
-        if y is None:
-            y, _ = self.solve(x)
+        y = _solution_of(self, x, y)
         return _proj_jacobians(x, y, self.p, self.radius, self.masked, self.ball)[1]
 
 
@@ -297,23 +308,21 @@ class SimplexProjectionNode(_IneqBase):
         return project_simplex(x, self.radius), {}
 
     def jacobian(self, x, y=None, ctx=None):
-        if y is None:
-            y, _ = self.solve(x)
+        x = _check(x, 2, self.radius)
+        y = _solution_of(self, x, y)
         S = (y > 0).astype(float)
         return np.diag(S) - np.outer(S, S) / S.sum()
 
     def vjp(self, x, v, y=None, ctx=None):
         """vᵀ Dy = v_S − 1_S (1_Sᵀv)/|S| in O(n) (Dy is never formed)."""
-        v = np.asarray(v, dtype=float)
-        if y is None:
-            y, _ = self.solve(x)
-        if v.shape != y.shape:
-            raise DDNError(f"v must have the shape of y {y.shape}, got {v.shape}")
+        x = _check(x, 2, self.radius)
+        v = _check_like(v, x, "v")
+        y = _solution_of(self, x, y)
         S = (y > 0).astype(float)
         return S * v - S * (S @ v) / S.sum()
 
     def jacobian_radius(self, x, y=None):
-        if y is None:
-            y, _ = self.solve(x)
+        x = _check(x, 2, self.radius)
+        y = _solution_of(self, x, y)
         S = (y > 0).astype(float)
         return S / S.sum()

@@ -46,3 +46,26 @@ def test_check_gradient_passes_exact_nonsmooth_projections(node, x):
     assert rep.residual < 1e-12
     y_bad = node.solve(x)[0] + np.array([1e-3, -1e-3] + [0.0] * (x.size - 2))
     assert node.optimality(x, y_bad).residual > 1e-4  # a wrong y is still seen
+
+
+def test_pooling_and_projection_nodes_check_v_and_y():
+    # RobustPoolNode.vjp read a v of any length as v[0] (a silently wrong gradient) and a y of
+    # any length as y[0]; the projection nodes returned NaN for a NaN v and broadcast a wrongly
+    # shaped y into a numpy ValueError
+    x = np.array([0.3, 0.1, 0.5, 2.0, -0.7])
+    pool = R.RobustPoolNode("pseudo-huber")
+    for v in (np.ones(3), np.array([]), np.array([np.nan])):
+        with pytest.raises(DDNError, match="v"):
+            pool.vjp(x, v)
+    with pytest.raises(DDNError, match="y must have shape"):
+        pool.jacobian(x, np.array([0.2, 0.4]))
+    with pytest.raises(DDNError, match="alpha"):
+        R.RobustPoolNode("huber", float("nan"))
+    np.testing.assert_allclose(pool.vjp(x, 2.0), 2.0 * pool.jacobian(x)[0])  # a scalar v is fine
+    for node in (R.SphereProjectionNode(2), R.BallProjectionNode(1), R.SimplexProjectionNode()):
+        with pytest.raises(DDNError, match="NaN"):
+            node.vjp(x, np.array([np.nan, 0, 0, 0, 0]))
+        with pytest.raises(DDNError, match="y must have the shape"):
+            node.jacobian(x, np.ones(2))
+        with pytest.raises(DDNError, match="v must have the shape"):
+            node.vjp(x, np.ones(4))
