@@ -43,6 +43,7 @@ cache; the eager torch implementation below is the fallback (CUDA, or no compile
 Second derivatives: under ``create_graph=True`` the backward runs the eager formulas in torch ops,
 so gradient penalties and hypergradients through the layer are exact (gradgradcheck-tested).
 """
+import operator
 import warnings
 
 import torch
@@ -390,7 +391,7 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
         raise DDNError("robust_pool needs at least one dimension to pool over")
     if x.dtype in _HALF:  # the solver's tolerances need float32 at least: upcast, round the result
         return robust_pool(x.float(), penalty, alpha, dim, keepdim).to(x.dtype)
-    dim = dim % x.dim()
+    dim = _check_dim(dim, x)
     n = x.shape[dim]
     if n == 0:
         raise DDNError(f"cannot pool over an empty dimension (x.shape[{dim}] = 0)")
@@ -420,6 +421,19 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
                                 penalty, use_kernel)
     y = y.reshape(batch_shape)
     return y.unsqueeze(dim) if keepdim else y
+
+
+def _check_dim(dim, x):
+    """``dim`` as an index in ``[0, x.dim())``; out of range (``dim % x.dim()`` silently picked
+    another dim) or not an integer is a DDNError."""
+    try:
+        d = operator.index(dim)
+    except TypeError:
+        raise DDNError(f"dim must be an integer, got {dim!r}") from None
+    if not -x.dim() <= d < x.dim():
+        raise DDNError(f"dim {d} is out of range for x of shape {tuple(x.shape)} (expected "
+                       f"{-x.dim()} <= dim < {x.dim()})")
+    return d % x.dim()
 
 
 def _rows_of(a, pooled_shape, dim, B, name, keepdim=False):

@@ -40,7 +40,7 @@ import torch
 
 from .. import DDNError, DDNWarning
 from . import _kernels
-from .pooling import _rows_of
+from .pooling import _check_dim, _rows_of
 
 __all__ = ["project_sphere", "project_ball", "project_simplex", "SphereProjection",
            "BallProjection", "SimplexProjection"]
@@ -207,7 +207,7 @@ def _project(x, p, radius, dim, kind, masked):
         raise DDNError("projection expects a floating-point tensor x with at least one dim")
     if x.dtype in (torch.float16, torch.bfloat16):  # thresholds need float32: upcast, round back
         return _project(x.float(), p, radius, dim, kind, masked).to(x.dtype)
-    dim = dim % x.dim()
+    dim = _check_dim(dim, x)
     n = x.shape[dim]
     if n == 0:
         raise DDNError(f"cannot project along an empty dimension (x.shape[{dim}] = 0)")

@@ -120,3 +120,24 @@ def test_kernel_threads_work_in_a_forked_child(monkeypatch):
         assert q.get(timeout=5) == (64,)
     finally:
         torch.set_num_threads(nt)
+
+
+# ----------------------------------------------------------------------------- arguments
+def test_out_of_range_dim_is_an_error_not_another_dim():
+    """dim was reduced modulo x.dim(): dim=2 on a 2-D x pooled / projected over dim 0 and dim=-3
+    over dim 1, silently (torch raises for such a dim). Now a DDNError naming the valid range."""
+    from ddn import DDNError
+    x = torch.randn(3, 4, dtype=F64)
+    calls = [lambda d: T.robust_pool(x, "huber", 1.0, dim=d),
+             lambda d: T.RobustPool("welsch", dim=d)(x),
+             lambda d: T.project_sphere(x, 2, 1.0, dim=d),
+             lambda d: T.project_ball(x, 1, 1.0, dim=d),
+             lambda d: T.project_simplex(x, 1.0, dim=d),
+             lambda d: T.SphereProjection(float("inf"), dim=d)(x)]
+    for f in calls:
+        for d in (2, 5, -3):
+            with pytest.raises(DDNError, match="out of range"):
+                f(d)
+        with pytest.raises(DDNError, match="integer"):
+            f(1.0)
+        assert f(-2).shape == f(0).shape  # in range: unchanged
