@@ -405,7 +405,9 @@ def run_training(cfg, make_model, batches, *, device, path=None, name="model",
         it, total = batches(epoch)
         bar = progress(it, total=total, disable=not show_progress, leave=False,
                        desc=f"{name} ep {epoch + 1}/{cfg.epochs}")
+        steps = 0
         for x, y in bar:
+            steps += 1
             loss = F.cross_entropy(model(x.to(device)), y.to(device))
             if not torch.isfinite(loss):
                 raise DDNError(f"non-finite training loss for {name} at epoch {epoch + 1}; "
@@ -414,6 +416,10 @@ def run_training(cfg, make_model, batches, *, device, path=None, name="model",
             loss.backward()
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if steps == 0:       # an untrained model would be evaluated and saved as trained
+            raise DDNError(f"{name}: epoch {epoch + 1} had no training batch (the training set "
+                           f"is smaller than one batch, or than 2 samples); lower the batch "
+                           f"size or use more data")
         sched.step()
         done += 1
         if path is not None:

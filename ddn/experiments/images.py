@@ -510,6 +510,12 @@ def load_data(cfg: ImageConfig):
                                 resize=round(cfg.image_size * 256 / 224), seed=cfg.seed)
         te = ImageFolderDataset(cfg.data_root, "val", size=cfg.image_size,
                                 resize=round(cfg.image_size * 256 / 224), classes=tr.classes)
+        # n_train / n_test apply here too (they were silently ignored for this layout)
+        for ds, n, seed in ((tr, cfg.n_train, cfg.seed), (te, cfg.n_test, cfg.seed + 1)):
+            keep = _stratified_subset(ds.labels, n, seed)
+            if len(keep) < len(ds):
+                ds.samples = [ds.samples[i] for i in keep.tolist()]
+                ds.labels = ds.labels[keep]
         return tr, te, tr.classes, 3
     raise DDNError(f"unknown data {cfg.data!r}; use 'fashion-mnist' or 'imagenet'")
 

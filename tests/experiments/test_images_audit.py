@@ -124,9 +124,11 @@ def test_bad_settings_fail_before_training(kw, msg):
     (["--epochs", "0"], "epochs"), (["--n-train", "0"], "n_train"),
     (["--device", "nonsense"], "unknown device"), (["--threads", "0"], "threads"),
 ])
-def test_cli_bad_arguments_are_usage_errors(capsys, args, msg):
+def test_cli_bad_arguments_are_usage_errors(tmp_path, capsys, args, msg):
+    # --results in tmp_path: if the check regresses, the run must not write into results/
     with pytest.raises(SystemExit) as e:
-        im.main(["--preset", "smoke", "--no-progress"] + args)
+        im.main(["--preset", "smoke", "--no-progress", "--results", str(tmp_path / "r.csv")]
+                + args)
     assert e.value.code == 2 and re.search(msg, capsys.readouterr().err)
 
 
@@ -150,3 +152,30 @@ def test_table_keeps_to_the_requested_data(tmp_path):
     append_results(tmp_path / "r.csv", [row, dict(row, data="fashion-mnist", top1=88.88)])
     t = im.render_table(tmp_path / "r.csv", "cpu", "imagenet")
     assert "11.11" in t and "88.88" not in t
+
+
+def _folders(root, per_class=(6, 6, 6)):
+    for split in ("train", "val"):
+        for c, n in zip("abc", per_class):
+            for i in range(n):
+                _png(root / split / c / f"{i}.png")
+    return root
+
+
+def test_imagenet_layout_honours_n_train_and_n_test(tmp_path):
+    _folders(tmp_path)
+    cfg = im.preset("smoke", data="imagenet", data_root=str(tmp_path), image_size=16,
+                    n_train=9, n_test=6)
+    tr, te, classes, cin = im.load_data(cfg)                  # used to keep all 18 and 18
+    assert (len(tr), len(te), cin) == (9, 6, 3)
+    assert torch.bincount(tr.labels).tolist() == [3, 3, 3]
+    assert torch.bincount(torch.tensor([c for _, c in te.samples])).tolist() == [2, 2, 2]
+
+
+def test_training_set_smaller_than_a_batch_is_an_error(tmp_path):
+    _folders(tmp_path, per_class=(1, 1, 1))
+    cfg = im.preset("smoke", data="imagenet", data_root=str(tmp_path), image_size=16,
+                    batch_size=8, epochs=1, variants=["none"])
+    # drop_last left no batch: the untrained model used to be evaluated and reported
+    with pytest.raises(DDNError, match="no training batch"):
+        im.train_model(cfg, "none", im.load_data(cfg), "cpu", None, False)

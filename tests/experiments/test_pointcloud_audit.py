@@ -89,9 +89,11 @@ def test_rate_that_replaces_no_point_warns(tmp_path):
     (["--device", "nonsense"], "unknown device"),
     (["--threads", "-1"], "threads"),
 ])
-def test_cli_bad_arguments_are_usage_errors(capsys, args, msg):
+def test_cli_bad_arguments_are_usage_errors(tmp_path, capsys, args, msg):
+    # --results in tmp_path: if the check regresses, the run must not write into results/
     with pytest.raises(SystemExit) as e:
-        pc.main(["--preset", "smoke", "--no-progress"] + args)
+        pc.main(["--preset", "smoke", "--no-progress", "--results", str(tmp_path / "r.csv")]
+                + args)
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "error:" in err and __import__("re").search(msg, err)
