@@ -45,12 +45,18 @@ def central_differences(fn, x, eps=1e-6):
 # ## Part 1 — two solutions, two gradients (Eq. 49–50)
 #
 # $y(x) \in \arg\min_u (x u^2 - 1)^2$ for $x > 0$ has the two minimisers $y = \pm 1/\sqrt{x}$.
-# At either, $H = 8x^2y^2 = 8x \ne 0$ and $B = 8xy^3 = \pm 8/\sqrt{x}$, so Prop. 4.4 gives
-# $Dy = \mp 1/(2x^{3/2})$ — different signs on the two branches. `TwoSolutionNode(sign=±1)` is
-# a deterministic solver for each branch.
+# With $D_Y f = 4xu(xu^2 - 1)$, at either minimiser (where $xy^2 = 1$)
+# $H = D^2_{YY} f = 8x^2y^2 = 8x \ne 0$ and $B = D^2_{XY} f = 4xy^3 = 4y = \pm 4/\sqrt{x}$, so
+# Prop. 4.4 gives $Dy = -B/H = \mp 1/(2x^{3/2})$ — different signs on the two branches.
+# `TwoSolutionNode(sign=±1)` is a deterministic solver for each branch.
 
 # %%
 x = np.array([0.5])
+f2 = lambda x, u: (x * u**2 - 1.0) ** 2                                        # noqa: E731
+for sign in (+1, -1):                 # H and B as stated above, checked with autograd
+    y1 = sign / np.sqrt(x[0])
+    assert np.isclose(grad(grad(f2, 1), 1)(x[0], y1), 8 * x[0])                 # H = 8x
+    assert np.isclose(grad(grad(f2, 1), 0)(x[0], y1), 4 * y1)                   # B = 4y
 J = lambda x, y: 0.5 * anp.sum((y - 2.0) ** 2)    # a downstream loss  # noqa: E731
 for sign in (+1, -1):
     node = TwoSolutionNode(sign=sign)
