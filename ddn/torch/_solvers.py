@@ -3,7 +3,9 @@
 So that a user can write only the objective (and constraints):
 
 - :func:`newton`: unconstrained ``min_y f(y)``, Newton with a Levenberg shift where ``H`` is not
-  positive definite and a backtracking (Armijo) line search, per batch element.
+  positive definite and a backtracking (Armijo) line search, per batch element; a stationary point
+  with a negative curvature direction (a saddle or maximum, e.g. the start ``y0 = 0`` of a
+  symmetric problem) is left along that direction.
 - :func:`newton_kkt`: ``∇_z ℒ(z) = 0`` for ``z = (y, λ)`` (equality-constrained SQP), Newton on the
   KKT system with a backtracking line search on ``‖∇ℒ‖``. Converges locally; it finds a KKT point
   (not necessarily a minimum) from the initial guess.
@@ -58,6 +60,52 @@ def _scale(K, z):
     return gradient_scale((Kd @ (1 + z.detach().abs()).unsqueeze(-1)).squeeze(-1))
 
 
+def _escape_saddles(fn, y, f0, H, conv):
+    """At converged elements whose ``H`` has a clearly negative eigenvalue (a saddle or maximum:
+    ``∇f = 0`` there, e.g. ``y0 = 0`` for a symmetric double well), a step along the eigenvector of
+    the most negative eigenvalue (either sign, halved until ``f`` decreases). Returns ``(step,
+    moved)`` or None. Newton alone never leaves such a point: its step is ``−H⁻¹∇f = 0``."""
+    idx = conv.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return None
+    Hc = H[idx]
+    _, info = torch.linalg.cholesky_ex(Hc)
+    keep = info != 0  # only elements that are not positive definite need the eigenvalues
+    if not bool(keep.any()):
+        return None
+    idx, Hc = idx[keep], Hc[keep]
+    ev, V = torch.linalg.eigh(0.5 * (Hc + Hc.mT))
+    neg = ev[:, 0] < -torch.finfo(H.dtype).eps ** 0.5 * ev.abs().amax(-1).clamp_min(1.0)
+    if not bool(neg.any()):
+        return None  # positive semidefinite to round-off: a (flat) minimum
+    idx, d, lmin = idx[neg], V[neg][:, :, 0], ev[neg, 0]
+    t = 1.0 + y[idx].norm(dim=-1)
+    ok = torch.zeros_like(lmin, dtype=torch.bool)
+    best = torch.zeros_like(d)
+    with torch.no_grad():
+        for _ in range(40):
+            trial = []
+            for sgn in (1.0, -1.0):
+                Y = y.clone()
+                Y[idx] = y[idx] + sgn * t.unsqueeze(-1) * d
+                trial.append(fn(Y)[idx])
+            sgn = torch.where(trial[0] <= trial[1], 1.0, -1.0)
+            fnew = torch.minimum(trial[0], trial[1])
+            dec = ~ok & (fnew < f0[idx] - 1e-4 * t * t * lmin.abs())
+            best = torch.where(dec.unsqueeze(-1), (sgn * t).unsqueeze(-1) * d, best)
+            ok = ok | dec
+            if bool(ok.all()):
+                break
+            t = torch.where(ok, t, 0.5 * t)
+    if not bool(ok.any()):
+        return None
+    step = torch.zeros_like(y)
+    step[idx[ok]] = best[ok]
+    moved = torch.zeros_like(conv)
+    moved[idx[ok]] = True
+    return step, moved
+
+
 def newton(fn, y0, *, tol, max_iter, differentiable=False, max_backtrack=40, scale=None):
     """Minimise ``fn(y) -> (b,)`` over ``y`` (b, m) from ``y0``.
 
@@ -79,6 +127,11 @@ def newton(fn, y0, *, tol, max_iter, differentiable=False, max_backtrack=40, sca
         gn = g.detach().norm(dim=-1)
         sc = _scale(H, y) if scale is None else scale  # s = max(1, ‖H (1 + |y|)‖_∞)
         conv = gn <= tol * sc
+        if it < max_iter:
+            esc = _escape_saddles(fn, y.detach(), f.detach(), H.detach(), conv)
+            if esc is not None:  # leave the saddles and maxima, then Newton again
+                y = y + esc[0]
+                continue
         if bool(conv.all()) or it == max_iter:
             if differentiable and y.requires_grad:
                 # one full Newton step for all: the derivative of the iterate converges too

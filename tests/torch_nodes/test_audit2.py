@@ -147,10 +147,41 @@ def test_multipliers_of_the_wrong_shape_are_a_clear_error():
 
 
 class DoubleWell(DeclarativeNode):
-    """f = (‖y‖² − 1)² − xᵀy: at x = 0 the default Newton stays at its start y = 0, a maximum."""
+    """f = (‖y‖² − 1)² − xᵀy; the solve returns the maximum y = 0 where x = 0."""
 
     def objective(self, x, y):
         return ((y * y).sum(-1) - 1) ** 2 - (x * y).sum(-1)
+
+    def solve(self, x):
+        y, ctx = DeclarativeNode.solve(self, x)
+        return torch.where((x == 0).all(-1, keepdim=True), torch.zeros_like(y), y), ctx
+
+
+class Wells(DeclarativeNode):
+    """f = Σ_i (y_i² − 1)² − x_i y_i, one double well per coordinate: Dy = diag(1 / (12 y_i² − 4))."""
+
+    def objective(self, x, y):
+        return ((y * y - 1) ** 2 - x * y).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_default_solver_leaves_a_maximum_at_its_zero_start(dtype):
+    """Where x_i = 0 (say after a ReLU) the start y0 = 0 is stationary, a maximum of that well:
+    Newton's step −H⁻¹∇f is 0, so the default solver returned it as 'converged' and only the
+    backward said 'indefinite'. Now it leaves along the negative curvature: a minimum y_i = ±1."""
+    x = torch.tensor([[0.0, 0.3, 0.0], [0.5, -0.2, 1.0], [0.0, 0.0, 0.0]], dtype=dtype)
+    xr = x.clone().requires_grad_()
+    v = torch.randn(3, 3, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DDNWarning)
+        y = DeclarativeLayer(Wells(3))(xr)
+        y.backward(v)
+    y = y.detach()
+    tol = 1e-8 if dtype == torch.float64 else 1e-3  # the solver stops at ‖∇f‖ ≤ tol · s, s ≈ 16
+    assert (4 * y * (y * y - 1) - x).abs().max() < tol  # stationary
+    assert (12 * y * y - 4).min() > 0  # and a minimum in every coordinate
+    assert (y[x == 0].abs() - 1).abs().max() < tol
+    assert torch.allclose(xr.grad, v / (12 * y * y - 4), atol=10 * tol)
 
 
 @pytest.mark.parametrize("solver", ["dense", "cg", "minres"])
