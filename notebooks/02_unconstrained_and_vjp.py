@@ -196,6 +196,7 @@ plt.show()
 # ## Exercises
 #
 # 1. Show that for `λ = 0` the node is least squares and $Dy = (M^\top M)^{-1} M^\top = M^+$.
-# 2. Replace $\sqrt{1 + u^2}$ by $|u|$ (the lasso). Where is `H` singular, and what does
-#    `node.jacobian` report there?
+# 2. Replace $\sqrt{1 + u^2}$ by $|u|$ (the lasso). Away from $u_j = 0$, $H = M^\top M$: is it
+#    ever singular there? Where is `f` not twice differentiable, how often does the lasso
+#    solution land exactly there, and what does `node.jacobian` return at such a point?
 # 3. Write `pullback` for `SmoothRegression` without forming `B` (hint: $w^\top B = -(M w)^\top$).

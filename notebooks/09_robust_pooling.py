@@ -254,7 +254,8 @@ two.fig
 # 1. Show that for the pseudo-Huber penalty `y` tends to the mean as `α → ∞` and to the
 #    median as `α → 0`. Check both limits numerically with `ref.robust_pool`.
 # 2. For Welsch, find a data set where a point gets a negative weight `D_{x_j} y < 0`. Move
-#    that point towards `y` by finite differences and confirm that `y` moves away.
+#    that point a little towards `y` and confirm that `y` moves the other way, towards the
+#    point: the closer a point beyond `α` comes, the harder it pulls (`φ'` grows).
 # 3. Construct an input where Huber pooling has an interval of minimisers (hint: two tight
 #    clusters further than `2α` apart, equally sized). What does `ddn.torch.robust_pool` do?
 # 4. Use `ddn.torch.RobustPool("welsch")` in place of max pooling in a tiny network on point
