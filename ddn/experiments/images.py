@@ -649,6 +649,10 @@ def render_table(results_csv=None, preset_name="cpu", data: str | None = None) -
         p = r["p"]
         key = kind if kind == "none" else f"{kind}-{'inf' if math.isinf(float(p)) else int(p)}"
         paper[key] = r
+    if not latest:          # say so, rather than print an empty table
+        return (f"(no image results for preset {preset_name!r}"
+                + (f" and data {data!r}" if data else "")
+                + f" in {results_csv or results_dir() / 'images.csv'})")
     body = []
     for v, r in latest.items():
         name = "ResNet-18" if v == "none" else f"ResNet-18-{v.split('-')[0].capitalize()}"

@@ -118,9 +118,12 @@ def check_config(cfg: PointCloudConfig) -> PointCloudConfig:
         bad(f"unknown data {cfg.data!r}; use 'synthetic' or 'modelnet40'")
     if not cfg.poolings:
         bad("no pooling given; choose from " + ",".join(POOLINGS))
+    short = {v: k for k, v in POOLINGS.items() if v}
     for name in cfg.poolings:
-        if name not in POOLINGS and name not in POOLINGS.values():
+        if name not in POOLINGS and name not in short:
             bad(f"unknown pooling {name!r}; choose from {list(POOLINGS)}")
+    # full penalty names become the short ones: the tables only know those
+    cfg.poolings = [short.get(name, name) for name in cfg.poolings]
     for what, rates in (("rates", cfg.rates), ("iii_rates", cfg.iii_rates or [])):
         for r in rates:
             if not isinstance(r, (int, float)) or not 0 <= r <= 100:
@@ -623,6 +626,10 @@ def render_tables(results_csv=None, preset_name: str = "cpu", data: str | None =
                     line.append(ours + (f" ({pv:.1f})" if isinstance(pv, float) else ""))
             body.append(line)
         out.append(format_table(header, body, f"{title}: ours (paper), preset {preset_name}"))
+    if not out:             # say so, rather than print nothing (a mistyped --results or preset)
+        return (f"(no point-cloud results for preset {preset_name!r}"
+                + (f" and data {data!r}" if data else "")
+                + f" in {results_csv or results_dir() / 'pointcloud.csv'})")
     return "\n\n".join(out)
 
 

@@ -179,3 +179,7 @@ def test_training_set_smaller_than_a_batch_is_an_error(tmp_path):
     # drop_last left no batch: the untrained model used to be evaluated and reported
     with pytest.raises(DDNError, match="no training batch"):
         im.train_model(cfg, "none", im.load_data(cfg), "cpu", None, False)
+
+
+def test_render_without_rows_says_so(tmp_path):
+    assert "no image results" in im.render_table(tmp_path / "nothing.csv", "cpu")

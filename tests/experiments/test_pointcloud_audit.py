@@ -133,3 +133,12 @@ def test_pointnet_eval_mode_is_deterministic_and_moves_dtype():
     m.train()
     with pytest.raises(ValueError):                     # BN cannot train on one sample
         m(x)
+
+
+def test_full_penalty_names_reach_the_tables():
+    # make_pool takes "pseudo-huber", but the tables only know "PH": rows went missing
+    assert pc.preset("smoke", poolings=["max", "pseudo-huber"]).poolings == ["max", "PH"]
+
+
+def test_render_without_rows_says_so(tmp_path):
+    assert "no point-cloud results" in pc.render_tables(tmp_path / "nothing.csv", "cpu")
