@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from ddn import DDNError, DDNWarning
-from ddn.torch import DeclarativeLayer, DeclarativeNode, EqConstrainedNode, LinEqConstrainedNode
+from ddn.check import check_gradient
+from ddn.torch import (DeclarativeLayer, DeclarativeNode, EqConstrainedNode, IneqConstrainedNode,
+                       LinEqConstrainedNode)
 
 F64 = torch.float64
 A_FULL = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 0.0, 2.0]], dtype=F64)
@@ -201,3 +203,56 @@ def test_minres_on_a_positive_definite_hessian_says_nothing():
         warnings.simplefilter("error", DDNWarning)
         DeclarativeLayer(Near(linear_solver="minres"))(x).sum().backward()
         DeclarativeLayer(DoubleWell(3, linear_solver="minres"))(x + 3).sum().backward()
+
+
+class Box(IneqConstrainedNode):
+    """min ½‖y − x‖² s.t. −1 ≤ y ≤ u (u an input): y = min(max(x, −1), u)."""
+
+    def objective(self, x, u, y):
+        return 0.5 * ((y - x) ** 2).sum(-1)
+
+    def inequality_constraints(self, x, u, y):
+        return torch.cat([y - u, -1 - y], -1)
+
+    def solve(self, x, u):
+        return torch.minimum(torch.clamp(x, min=-1), u), {}
+
+
+class BallR(IneqConstrainedNode):
+    """min ½‖y − x‖² s.t. ‖y‖² ≤ r²: a curved constraint, weakly active when ‖x‖ = r."""
+
+    def objective(self, x, r, y):
+        return 0.5 * ((y - x) ** 2).sum(-1)
+
+    def inequality_constraints(self, x, r, y):
+        return (y * y).sum(-1) - r[:, 0] ** 2
+
+    def solve(self, x, r):
+        n = x.norm(dim=-1, keepdim=True)
+        return torch.where(n > r, r * x / n, x), {}
+
+
+def test_check_gradient_on_weakly_active_constraints_compares_entry_by_entry():
+    """x₂ = u₂: the one-sided (active) gradient has ∂y/∂x = 0 (a forward difference) and
+    ∂y/∂u = 1 (a backward one). check_gradient picked one side for the whole Jacobian and
+    reported a correct gradient as FAILED (rel err 0.5); its first-order one-sided differences
+    also failed a curved constraint (the ball with ‖x‖ = r) at rtol 1e-6."""
+    x = torch.tensor([[0.3, -2.0, 1.0, 0.1], [2.0, 0.0, -0.5, -3.0]], dtype=F64)
+    u = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5]], dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DDNWarning)
+        rep = check_gradient(Box(), x, u)
+    assert rep.ok, str(rep)
+    assert rep.weakly_active == [(0, 2)] and rep.details["fd_side"] == "mixed"
+    assert sum("weakly active inequality" in m for m in rep.messages) == 1  # once, not thrice
+    xb = torch.tensor([[0.6, 0.8, 0.0], [0.3, -0.2, 0.1]], dtype=F64)
+    r = torch.ones(2, 1, dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DDNWarning)
+        rep = check_gradient(BallR(), xb, r)
+    assert rep.ok and rep.weakly_active == [(0, 0)], str(rep)
+    # a wrong gradient still fails: drop the constraint's correction
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DDNWarning)
+        bad = check_gradient(BallR(), xb, r, y=xb.clone(), ctx={"active": torch.zeros(2, 1)})
+    assert not bad.ok
