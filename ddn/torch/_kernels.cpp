@@ -6,8 +6,9 @@
 // are exactly those of the eager torch code (the oracle) — see the docstrings there.
 //
 // Status codes per row: 0 ok, 1 not converged / degenerate, 2 NaN or Inf, 3 |x|/alpha too large,
-// 4 projection lost its accuracy to cancellation (|x| ≫ r for the dtype); for projections 3 means
-// finite x whose sum overflowed (Python redoes those rows with the eager code).
+// 4 projection lost its accuracy to cancellation (|x| ≫ r for the dtype), 5 pooling: Σx or
+// differences of x overflow the dtype; for projections 3 means finite x whose sum overflowed
+// (Python redoes those rows with the eager code).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -115,7 +116,7 @@ static int newton_bracket(const T* x, int64_t n, T a, T y, T lo, T hi, T& out, T
     if (small && g != 0) { out = yn; Hout = H; return 0; }
     if (g == 0 || (hi - lo) <= tol) { out = y; Hout = H; return 0; }
     bool newton = H > 0 && yn > lo && yn < hi;
-    y = newton ? yn : T(0.5) * (lo + hi);
+    y = newton ? yn : T(0.5) * lo + T(0.5) * hi;
   }
   out = y;
   Hout = 0;
@@ -300,10 +301,11 @@ static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H)
     mn = v < mn ? v : mn;
     mx = v > mx ? v : mx;
   }
-  if (!finite_bits(s)) {
-    if (s != s || !finite_bits(mn) || !finite_bits(mx)) return 2;
-    return 3;
-  }
+  // Σx overflowed (a NaN sum may come from +inf and -inf partial sums of finite x), or the
+  // spread max x − min x, which bounds every |y − x_i|, does: 5 (was misreported as NaN/Inf
+  // input or as |x|/α, or gave a wrong y)
+  if (!finite_bits(s)) return all_finite(x, n) ? 5 : 2;
+  if (!finite_bits(mx - mn)) return 5;
   const T big = std::sqrt(std::numeric_limits<T>::max()) / 8;
   if (std::max(std::abs(mn), std::abs(mx)) > big * a) return 3;
   const T mean = s / T(n);
@@ -341,7 +343,7 @@ static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H)
       if (n % 2 == 0 && xk - xj > 2 * a) {
         int64_t le = 0;  // rare path: a plain loop (count_lt_le counts in int32 lanes)
         for (int64_t i = 0; i < n; ++i) le += x[i] <= xj ? 1 : 0;
-        if (2 * le == n) { y = T(0.5) * (xj + xk); H = 0; }
+        if (2 * le == n) { y = T(0.5) * xj + T(0.5) * xk; H = 0; }
       }
     }
     return st;
@@ -537,12 +539,20 @@ static int proj_row(const T* x, T* y, int64_t n, T r, int p, int kind, T& aux) {
 #pragma omp simd reduction(max : m)
       for (int64_t i = 0; i < n; ++i) m = std::abs(x[i]) > m ? std::abs(x[i]) : m;
       if (m > 0) {
-        const T im = T(1) / m;
-        T s2 = 0;
+        T s2 = 0;  // x/m, not x·(1/m): 1/m is subnormal for m near the dtype's largest value
 #pragma omp simd reduction(+ : s2)
-        for (int64_t i = 0; i < n; ++i) s2 += (x[i] * im) * (x[i] * im);
+        for (int64_t i = 0; i < n; ++i) s2 += (x[i] / m) * (x[i] / m);
         if (!finite_bits(s2) || !finite_bits(m)) return 2;
-        nrm = m * std::sqrt(s2);
+        const T sr = std::sqrt(s2);
+        nrm = m * sr;
+        if (!finite_bits(nrm) && !(kind == 1 && !(nrm > r))) {
+          // ‖x‖ itself overflows (finite x near the dtype's largest value): x·(r/‖x‖) would be
+          // 0; scale x/m by r/‖x/m‖ instead (aux = inf: the x-gradient r/‖x‖ rounds to 0)
+          aux = nrm;
+          const T c = r / sr;
+          for (int64_t i = 0; i < n; ++i) y[i] = (x[i] / m) * c;
+          return 0;
+        }
       } else {
         if (acc != acc) return 2;
         nrm = 0;

@@ -164,6 +164,13 @@ def _raise_status(st, what):
     if bool((st == 3).any()):
         raise DDNError("|x|/alpha is so large that (x/alpha)² overflows the dtype; rescale x or "
                        "raise alpha")
+    if bool((st == 5).any()):
+        raise DDNError(HUGE_X)
+
+
+HUGE_X = ("x is so large that Σx or max x − min x overflows the dtype (the solver needs the mean "
+          "and the differences y − x_i); rescale x (e.g. divide by its largest magnitude) or use "
+          "float64")
 
 
 def pool_forward(x, alpha, pen):

@@ -32,8 +32,8 @@ Degenerate points (``H = Σφ'' = 0``), handled explicitly:
   ``1/n`` (cannot win over the median start, which always has an inlier);
 * otherwise (pseudo-Huber underflow, Welsch at a flat point): zero gradient and a ``DDNWarning``.
 
-Bad input: empty pooled dim, NaN/Inf, non-positive α, or ``|x|/α`` so large that ``(x/α)²``
-overflows raise ``DDNError``. A pooled dim of size 1 returns ``y = x`` (gradient 1); all-equal
+Bad input: empty pooled dim, NaN/Inf, non-positive α, ``|x|/α`` so large that ``(x/α)²``
+overflows, or ``x`` so large that ``Σx`` or ``max x − min x`` overflow raise ``DDNError``. A pooled dim of size 1 returns ``y = x`` (gradient 1); all-equal
 values return that value (gradient ``1/n``). Tiny or huge α (with x on its scale) are fine: the
 Welsch and truncated-quadratic solvers and weights work in ``u = z/α`` and never form α².
 
@@ -159,7 +159,7 @@ def _newton_bracket(x, y, pen, a, eps):
         # Newton strictly inside the bracket (a step onto its end can 2-cycle on Huber's
         # piecewise-linear g), else bisection
         newton = (H > 0) & (yn > lo) & (yn < hi)
-        ynew = torch.where(small, yn, torch.where(conv, y, torch.where(newton, yn, 0.5 * (lo + hi))))
+        ynew = torch.where(small, yn, torch.where(conv, y, torch.where(newton, yn, 0.5 * lo + 0.5 * hi)))
         done = done | conv
         y = torch.where(done, y, ynew)
         if bool(done.all()):
@@ -269,7 +269,7 @@ def _solve_eager(x, pen, a):
             gap = _huber_gap(x, y, a)
             if gap is not None:  # the midpoint of the interval of minimizers
                 flat, xj, xk = gap
-                y = torch.where(flat, 0.5 * (xj + xk), y)
+                y = torch.where(flat, 0.5 * xj + 0.5 * xk, y)
         return y, ok
     median = x.median(-1).values  # the lower median
     if pen == "welsch":
@@ -462,8 +462,11 @@ def _check_values_eager(x2, a):
     if not bool(torch.isfinite(x2).all()):
         raise DDNError("x contains NaN or Inf; robust pooling is undefined there — remove or mask "
                        "the non-finite values first")
+    lo, hi = x2.aminmax(dim=-1)
+    if not bool((torch.isfinite(x2.sum(-1)) & torch.isfinite(hi - lo)).all()):
+        raise DDNError(_kernels.HUGE_X)  # as the kernel: the mean or y − x_i would overflow
     big = torch.finfo(x2.dtype).max ** 0.5 / 8
-    if bool((x2.abs().amax(-1) / a > big).any()):
+    if bool((torch.maximum(hi.abs(), lo.abs()) / a > big).any()):
         raise DDNError("|x|/alpha is so large that (x/alpha)² overflows the dtype; rescale x or "
                        "raise alpha")
 

@@ -141,3 +141,38 @@ def test_out_of_range_dim_is_an_error_not_another_dim():
         with pytest.raises(DDNError, match="integer"):
             f(1.0)
         assert f(-2).shape == f(0).shape  # in range: unchanged
+
+
+# ----------------------------------------------------------------------------- dtype extremes
+@pytest.mark.parametrize("dtype,big", [(torch.float32, 3e38), (torch.float64, 1.5e308)])
+@pytest.mark.parametrize("kind", ["sphere", "ball"])
+def test_l2_projection_of_x_whose_norm_overflows(dtype, big, kind, backend):
+    """Finite x whose ‖x‖ overflows the dtype (entries near its largest value): y = x·(r/‖x‖)
+    was x·0 = 0, silently, though the module docstring promises huge x are fine for p = 2."""
+    fn = T.project_sphere if kind == "sphere" else T.project_ball
+    x = torch.tensor([[big, big, -big], [big, -0.5 * big, 1.0]], dtype=dtype)
+    y = fn(x, 2, 2.0)
+    want = (x.double() / big) * (2.0 / (x.double() / big).norm(dim=-1, keepdim=True))
+    assert torch.allclose(y.double(), want, rtol=1e-6, atol=0)
+
+
+def test_pooling_values_near_the_dtype_limit_error_alike_on_both_backends(backend):
+    """Rows whose Σx or max x − min x overflow (finite x near the dtype's largest value): the
+    eager path (the CUDA path) returned y = inf silently (mean and bisection midpoints
+    overflowed), the kernel raised 'x contains NaN or Inf' or '|x|/alpha ...' (both wrong).
+    Now a DDNError that names the cause on both; rows whose spread fits are solved."""
+    from ddn import DDNError
+    for row in ([3e38, 3e38, -3e38], [-3e38, 3e38], [3e38, 3e38, 3e38, -3e38],
+                [1.8e38, 1.75e38, -1.5e38]):
+        for pen in ("quadratic", "huber", "welsch"):
+            with pytest.raises(DDNError, match="overflows the dtype"):
+                T.robust_pool(torch.tensor([row]), pen, 1e38)
+    # a single huge value: the spread fits, the answer is right (the reference at scale 1)
+    import numpy as np
+
+    import ddn.reference as R
+    row = [3e38, 1.0, 0.0]
+    for pen in ("pseudo-huber", "huber", "welsch", "truncated-quadratic"):
+        want = R.robust_pool(np.array(row) / 1e38, pen, 1.0) * 1e38
+        got = T.robust_pool(torch.tensor([row]), pen, 1e38).item()
+        assert abs(got - want) <= 1e-5 * 1e38, pen
