@@ -125,7 +125,8 @@ assert not np.allclose(euclid, dy_prop45, atol=1e-3)
 # ## Play with it
 #
 # Grey: level sets of `f(x, ·)`; black: the constraint; blue: $-H^{-1}B$; red: the correction;
-# green: `Dy` (arrows doubled in length); the black dot: `y + 2·(finite difference)`. Move `x`,
+# green: `Dy` (arrows doubled in length, or shortened to stay in the picture: the legend gives
+# the factor `k`); the black dot: `y + k·(finite difference)`, the tip of `Dy`. Move `x`,
 # the radius, and the coupling `s` that makes the circle move with `x` — with `s = 0` the green
 # arrow is tangent to the circle; with `s ≠ 0` it is not.
 

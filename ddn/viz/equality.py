@@ -52,17 +52,22 @@ class SimplexSoftmaxView(InteractiveFigure):
         p = y @ _VERTICES
         ax.plot(*p, "ko", ms=7, label=r"$y = \mathrm{softmax}(x/T)$")
         d = dy.T @ _VERTICES                        # row j: where y moves when x_j grows
-        self.arrows = ax.quiver(np.full(3, p[0]), np.full(3, p[1]), d[:, 0], d[:, 1],
+        # Column j of Dy moves y towards the vertex e_j: d_j = y_j (e_j - y) / T. Drawn times
+        # k <= 2, with k small enough (k y_j / T <= 0.9) that every arrow ends inside the
+        # simplex; at low temperature a fixed factor would run far outside the picture.
+        k = min(2.0, 0.9 * float(v["temperature"]) / max(float(y.max()), 1e-300))
+        self.arrow_scale = k
+        self.arrows = ax.quiver(np.full(3, p[0]), np.full(3, p[1]), k * d[:, 0], k * d[:, 1],
                                 color=["C0", "C1", "C2"], angles="xy", scale_units="xy",
-                                scale=0.5, width=0.012)
+                                scale=1.0, width=0.012)
         for j in range(3):
-            ax.text(*(p + d[j] * 2.3), rf"$\partial y/\partial x_{j + 1}$", color=f"C{j}",
-                    fontsize=9, ha="center")
+            ax.text(*(p + k * d[j] * 1.15), rf"$\partial y/\partial x_{j + 1}$",
+                    color=f"C{j}", fontsize=9, ha="center", clip_on=True)
         ax.set_aspect("equal")
         ax.set_xlim(-0.15, 1.15)
         ax.set_ylim(-0.15, 1.0)
         ax.axis("off")
-        ax.set_title(r"$y$ and the columns of $Dy$ ($\times 2$) stay on the simplex")
+        ax.set_title(rf"$y$ and the columns of $Dy$ ($\times {k:.2g}$) stay on the simplex")
         ax = self.ax_j
         ax.clear()
         lim = max(np.abs(dy).max(), 1e-12)

@@ -95,6 +95,19 @@ class CircleConstrainedQuadratic:
         return -HiB[:, 0], corr[:, 0], (corr - HiB)[:, 0]
 
 
+def _fit_scale(start, vectors, k_max, lim):
+    """The largest ``k <= k_max`` with ``start + k v`` inside the box ``[-lim, lim]^2`` for
+    every ``v`` in ``vectors`` (``start`` itself is assumed inside)."""
+    k = float(k_max)
+    for v in vectors:
+        for c in range(2):
+            if v[c] > 0:
+                k = min(k, (lim - start[c]) / v[c])
+            elif v[c] < 0:
+                k = min(k, (-lim - start[c]) / v[c])
+    return max(k, 0.0)
+
+
 class ConstrainedGradientGeometry(InteractiveFigure):
     """Fig. 4 in spirit: level sets of ``f(x, .)``, the constraint circle, the solution ``y``,
     the unconstrained part ``-H^{-1}B`` (blue), the correction (red) and ``Dy`` (green,
@@ -138,7 +151,10 @@ class ConstrainedGradientGeometry(InteractiveFigure):
         n = (y - c) / r
         t = np.array([-n[1], n[0]])
         ax.plot(*np.c_[y - 2 * t, y + 2 * t], ":", color="k", lw=0.8)
-        k = self.arrow_scale
+        # arrows are drawn times k <= arrow_scale, shrunk when needed so that their tips (and
+        # the finite-difference dot) stay inside the axes: near H singular -H^{-1}B is huge
+        k = _fit_scale(y, [unc, dy, fd], self.arrow_scale, lim=2.9)
+        self.arrow_scale_used = k
         vecs = k * np.array([unc, corr, dy])
         starts = np.array([y, y + k * unc, y])
         self.quiver = ax.quiver(starts[:, 0], starts[:, 1], vecs[:, 0], vecs[:, 1],
@@ -147,8 +163,8 @@ class ConstrainedGradientGeometry(InteractiveFigure):
         for v, st, col, lab, off in zip(vecs, starts, ["C0", "C3", "C2"],
                                         [r"$-H^{-1}B$", "correction", r"$Dy$"],
                                         [(0.05, 0.1), (0.1, 0.0), (-0.3, -0.3)]):
-            ax.text(*(st + v + np.array(off)), lab, color=col, fontsize=11)
-        ax.plot(*(y + k * fd), "k.", ms=8, label=rf"finite difference (arrows $\times{k:g}$)")
+            ax.text(*(st + v + np.array(off)), lab, color=col, fontsize=11, clip_on=True)
+        ax.plot(*(y + k * fd), "k.", ms=8, label=rf"finite difference (arrows $\times{k:.2g}$)")
         ax.set_aspect("equal")
         ax.set_xlim(-3, 3)
         ax.set_ylim(-3, 3)
