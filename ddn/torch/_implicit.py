@@ -68,6 +68,8 @@ def batched_jacobian(g, z, *, create_graph=False):
     the Hessian ``K = ∇²_zz ℒ`` from N Hessian–vector products."""
     b, N = z.shape
     P = g.shape[1]
+    if not g.requires_grad:  # g does not depend on z (a linear objective's gradient): J = 0
+        return torch.zeros(b, P, N, dtype=z.dtype, device=z.device)
     chunk = P
     if z.device.type == "cpu":
         chunk = max(1, min(P, _CPU_CHUNK_ELEMENTS // max(1, b * N)))

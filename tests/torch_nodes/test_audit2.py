@@ -256,3 +256,34 @@ def test_check_gradient_on_weakly_active_constraints_compares_entry_by_entry():
         warnings.simplefilter("ignore", DDNWarning)
         bad = check_gradient(BallR(), xb, r, y=xb.clone(), ctx={"active": torch.zeros(2, 1)})
     assert not bad.ok
+
+
+class LinearOnBall(IneqConstrainedNode):
+    """min −xᵀy s.t. ‖y‖² ≤ 1: y = x/‖x‖, Dy = (I − yyᵀ)/‖x‖ (a linear objective: D²f = 0)."""
+
+    def objective(self, x, y):
+        return -(x * y).sum(-1)
+
+    def inequality_constraints(self, x, y):
+        return (y * y).sum(-1) - 1
+
+
+@pytest.mark.parametrize("solver", ["dense", "cg", "minres"])
+def test_linear_objective_with_the_default_inequality_solver(solver):
+    """The augmented Lagrangian took the Hessian of f, whose gradient −x does not depend on y: for
+    an input that does not require grad (inference, vjp, jacobian) 'element 0 of tensors does not
+    require grad' (a RuntimeError) on this textbook problem."""
+    x = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
+    xr = x.clone().requires_grad_()
+    v = torch.randn(5, 3, dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DDNWarning)
+        y0 = DeclarativeLayer(LinearOnBall(3, linear_solver=solver))(x)  # inference
+        (g0,) = LinearOnBall(3, linear_solver=solver).vjp(x, v=v)
+        y = DeclarativeLayer(LinearOnBall(3, linear_solver=solver))(xr)
+        y.backward(v)
+    n = x.norm(dim=-1, keepdim=True)
+    yc = x / n
+    assert torch.allclose(y.detach(), yc, atol=1e-9)
+    assert torch.allclose(xr.grad, (v - yc * (yc * v).sum(-1, keepdim=True)) / n, atol=1e-7)
+    assert torch.allclose(y0, yc, atol=1e-9) and torch.allclose(g0, xr.grad, atol=1e-7)
