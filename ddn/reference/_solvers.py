@@ -150,8 +150,8 @@ def constrained_solve(node, x):
     # it f / s with s the size of f's first and second derivatives at y0 (the minimizer does
     # not change); the polish and the checks use f. (trust-constr, an interior-point method,
     # is left unscaled: there scaling moves the point where its barrier iterations stop.)
-    s = _objective_scale(f, y0) if node.method == "SLSQP" else 1.0
-    fs = lambda u: f(u) / s  # noqa: E731
+    s_slsqp = _objective_scale(f, y0)
+    s = s_slsqp if node.method == "SLSQP" else 1.0
     cons = []
     p, q = node.num_constraints(x, y0)
     if p:
@@ -160,17 +160,18 @@ def constrained_solve(node, x):
     if q:
         neg_g = lambda u: -node._ineq(x, u)  # noqa: E731  scipy wants c(u) >= 0
         cons.append({"type": "ineq", "fun": neg_g, "jac": jacobian(neg_g)})
-    opts = {"maxiter": node.max_iter}
-    if node.method == "SLSQP":
-        opts["ftol"] = 1e-15
-    else:
-        opts.update(gtol=1e-12, xtol=1e-14)
 
-    def attempt(start):
+    def attempt(start, method=node.method, scale=s):
+        opts = {"maxiter": node.max_iter}
+        if method == "SLSQP":
+            opts["ftol"] = 1e-15
+        else:
+            opts.update(gtol=1e-12, xtol=1e-14)
+        fs = lambda u: f(u) / scale  # noqa: E731
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy's own chatter; we check the result ourselves
             r = scipy.optimize.minimize(lambda u: float(fs(u)), start, jac=grad(fs),
-                                        method=node.method, constraints=cons, options=opts)
+                                        method=method, constraints=cons, options=opts)
         yy = np.asarray(r.x, dtype=float)
         return r, yy, (node.violation(x, yy) if np.all(np.isfinite(yy)) else np.inf)
 
@@ -189,6 +190,19 @@ def constrained_solve(node, x):
             "set may be empty for this x: check the constraints, or give an initial_guess(x) / "
             "your own solve(x).")
     y = polish_kkt(node, x, y, scale=s)
+    if node.method == "trust-constr":
+        kkt = node.kkt_residual(x, y)
+        if not kkt["residual"] <= kkt["tol"]:
+            # trust-constr (interior point) stops strictly inside an active inequality (g ≈
+            # −1e-6, far outside the active tolerance), so the KKT conditions miss it and a
+            # plain projection onto a ball was "did not converge"; on f ×1e-4 it stops on xtol
+            # before stationarity. An active-set method (SLSQP, on f/s) run from that point
+            # identifies the active set; keep its answer if it is better.
+            res2, y2, viol2 = attempt(y, "SLSQP", s_slsqp)
+            if viol2 <= node.feas_tol:
+                y2 = polish_kkt(node, x, y2, scale=s_slsqp)
+                if node.kkt_residual(x, y2)["residual"] < kkt["residual"]:
+                    y, res = y2, res2
     return _finish(node, x, y, res.message)
 
 

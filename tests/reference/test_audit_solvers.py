@@ -201,3 +201,15 @@ def test_singular_h_and_singular_kkt_still_names_the_remedies():
 
     with pytest.raises(DDNError, match="singular"):
         FreeCoordinate(1, 3).jacobian(np.array([0.3]))
+
+
+@pytest.mark.parametrize("x, s", [(XS[0], 1.0), (XS[1], 1e4)], ids=["x0-1", "x1-1e4"])
+def test_trust_constr_finds_the_active_inequalities(x, s):
+    # trust-constr stops strictly inside an active inequality (g ≈ −1e-6), the KKT check missed
+    # the constraint, and a plain ball projection (the default initial guess 0) raised "did not
+    # converge" for every x outside the ball
+    ball = ScaledBall(5, s, method="trust-constr")
+    np.testing.assert_allclose(ball.solve(x)[0], x / max(1.0, np.linalg.norm(x)), atol=1e-10)
+    assert check_gradient(ball, x).ok
+    simplex = ScaledSimplex(5, s, method="trust-constr")
+    np.testing.assert_allclose(simplex.solve(x)[0], R.project_simplex(x), atol=1e-10)
