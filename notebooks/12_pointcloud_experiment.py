@@ -113,6 +113,8 @@ for pooling in ("max", "Q", "PH", "H", "W", "TQ"):
         assert abs(share) < 1e-2
     if pooling == "max":
         assert share == 1.0
+    if pooling == "Q":                                        # the mean: head count, 10 %
+        assert abs(share - 0.1) < 1e-12 and abs(pooled.mean().item() - 0.5) < 0.1
 
 # %% [markdown]
 # The quadratic (mean) gives the outliers their head count, 10 %, and its pooled value is
@@ -168,20 +170,28 @@ if committed.is_file():
     from IPython.display import Markdown, display
     display(Markdown(pc.render_tables(committed, "cpu")))
     fig = pc.plot_outliers(committed, "cpu")
-    if not is_smoke():
-        rows = pc.read_results(committed)
-        acc = {(r["setting"], r["pooling"], r["test_outlier_pct"]): r["top1"] for r in rows
-               if r["preset"] == "cpu"}
-        # the paper's headline: trained clean, robust pooling survives outliers, max does not
-        assert acc[("III", "W", 10.0)] > acc[("III", "max", 10.0)] + 20
+    # reading the committed table is cheap, so these checks run in smoke runs too
+    rows = pc.read_results(committed)
+    acc = {(r["setting"], r["pooling"], r["test_outlier_pct"]): r["top1"] for r in rows
+           if r["preset"] == "cpu"}
+    # the paper's headline: trained clean, every averaging pooling survives 10 % outliers far
+    # better than max
+    for pooling in ("Q", "PH", "H", "W", "TQ"):
+        assert acc[("III", pooling, 10.0)] > acc[("III", "max", 10.0)] + 20, pooling
+    at50 = {pooling: acc[("III", pooling, 50.0)] for pooling in ("Q", "PH", "H", "W", "TQ")}
+    print("trained clean, tested with 50 % outliers, top-1:", at50)
 
 # %% [markdown]
 # ## Summary
 #
 # - Robust pooling is a drop-in replacement for PointNet's max pool; its backward pass is
 #   the weight vector `φ''(y − x_i) / Σ φ''`, which gives outliers (almost) no gradient.
-# - Trained without outliers, max pooling collapses as soon as outliers appear at test time
-#   (Table III); the robust penalties degrade gracefully, the more robust the later.
+# - Trained without outliers, max pooling collapses once outliers appear at test time
+#   (Table III); every pooling that averages — even the plain mean Q — degrades far more
+#   gracefully (checked above at 10 % outliers). In the paper the more robust penalties also
+#   hold on longer (at 50 %: TQ > W > PH, H > Q); compare the top-1 values printed above to
+#   see whether this small synthetic run reproduces that ordering (at the committed `cpu`
+#   run it does not clearly: the five stay within a few points of each other).
 # - With outliers at training time too (Table II), max pooling learns to cope only partly.
 #
 # ## Exercises
