@@ -41,6 +41,13 @@ _ALL_SOLVERS = LINEAR_SOLVERS + ("unroll",)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _upcast(t):
+    """float16/bfloat16 tensors (or a tuple of them) as float32: solved and differentiated there."""
+    if isinstance(t, tuple):
+        return tuple(_upcast(u) for u in t)
+    return t.float() if torch.is_tensor(t) and t.dtype in _LOW_PRECISION else t
+
+
 def _as_2d(c, b):
     if c is None:
         return None
@@ -139,7 +146,13 @@ class DeclarativeNode:
         return DeclarativeLayer(self)(*xs)
 
     def vjp(self, *xs, v, y=None, ctx=None, linear_solver=None):
-        """``vᵀ Dy(x)`` for every input (a tuple, one ``(b, ...)`` tensor per floating input)."""
+        """``vᵀ Dy(x)`` for every input (a tuple, one ``(b, ...)`` tensor per floating input).
+        float16/bfloat16 are computed in float32 (as by the layer) and cast back."""
+        low = [x.dtype if x.dtype in _LOW_PRECISION else None for x in xs]
+        if any(low):
+            xs, y, v = _upcast(xs), _upcast(y), _upcast(v)
+            grads = self.vjp(*xs, v=v, y=y, ctx=ctx, linear_solver=linear_solver)
+            return tuple(gr if gr is None or d is None else gr.to(d) for gr, d in zip(grads, low))
         if y is None:
             y, ctx = self._solve_detached(xs)
         if not torch.is_tensor(v) or v.shape[0] != y.shape[0] or v[0].numel() != y[0].numel():
@@ -154,6 +167,11 @@ class DeclarativeNode:
         small problems; back-propagation never builds it. A single input gives a tensor; an input
         that is not floating point gives None. Each distinct warning of the m VJPs (a degenerate
         point is found by every one of them) is emitted once per call."""
+        low = [x.dtype for x in xs if x.dtype in _LOW_PRECISION]
+        if low:  # float16/bfloat16: in float32 (no half Cholesky/LU), cast back
+            out = self.jacobian(*_upcast(xs), y=_upcast(y), ctx=ctx)
+            return (out.to(low[0]) if torch.is_tensor(out) else
+                    tuple(None if t is None else t.to(low[0]) for t in out))
         if y is None:
             y, ctx = self._solve_detached(xs)
         b = y.shape[0]
@@ -181,7 +199,9 @@ class DeclarativeNode:
         tangent space of the active constraints), ``active_rank`` and ``n_active`` (rank and rows of
         the equality + active inequality Jacobian), ``weakly_active``
         (list of (element, constraint) pairs), ``multipliers``, ``residual_scale`` (s, which
-        ``residual_tol`` multiplies). Warnings are raised as usual."""
+        ``residual_tol`` multiplies). Warnings are raised as usual. float16/bfloat16 inputs are
+        examined in float32."""
+        xs, y = _upcast(xs), _upcast(y)
         if y is None:
             y, ctx = self._solve_detached(xs)
         xs_d = tuple(x.detach() for x in xs)

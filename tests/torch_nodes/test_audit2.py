@@ -287,3 +287,23 @@ def test_linear_objective_with_the_default_inequality_solver(solver):
     assert torch.allclose(y.detach(), yc, atol=1e-9)
     assert torch.allclose(xr.grad, (v - yc * (yc * v).sum(-1, keepdim=True)) / n, atol=1e-7)
     assert torch.allclose(y0, yc, atol=1e-9) and torch.allclose(g0, xr.grad, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_vjp_jacobian_and_diagnose_accept_half_precision_like_the_layer(dtype):
+    """The layer solves float16/bfloat16 in float32; node.vjp / jacobian / diagnose crashed with
+    '\"cholesky_cpu\" not implemented for 'Half''."""
+    x = torch.randn(3, 3, dtype=F64, generator=torch.Generator().manual_seed(5))
+    v = torch.randn(3, 3, dtype=F64, generator=torch.Generator().manual_seed(6))
+    node = Near()
+    J64 = node.jacobian(x)
+    (g64,) = node.vjp(x, v=v)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DDNWarning)
+        J = node.jacobian(x.to(dtype))
+        (g,) = node.vjp(x.to(dtype), v=v.to(dtype))
+        d = node.diagnose(x.to(dtype))
+    assert J.dtype == dtype and g.dtype == dtype
+    tol = 2e-2 if dtype == torch.float16 else 1e-1
+    assert torch.allclose(J.double(), J64, atol=tol) and torch.allclose(g.double(), g64, atol=tol)
+    assert d["residual"].max() < 1e-3
