@@ -16,7 +16,8 @@ Metrics (N samples, C classes, ``scores`` of shape (N, C), ``labels`` of shape (
 Exact resume: a run's checkpoint holds the model, optimizer, scheduler, the RNG states of
 torch, numpy and python, and the number of finished epochs; the data order of epoch e is drawn
 from a generator seeded with ``seed`` and ``e`` alone, so a killed run restarted with the same
-command ends with the same numbers as an uninterrupted one.
+command ends with the same numbers as an uninterrupted one (bit for bit on the same machine,
+device and number of threads: parallel reductions round differently at another thread count).
 """
 from __future__ import annotations
 

@@ -142,3 +142,33 @@ def test_full_penalty_names_reach_the_tables():
 
 def test_render_without_rows_says_so(tmp_path):
     assert "no point-cloud results" in pc.render_tables(tmp_path / "nothing.csv", "cpu")
+
+
+def test_resume_after_a_real_kill_in_another_process(tmp_path):
+    # a process killed right after its first checkpoint (os._exit: no cleanup, the lock file
+    # stays with a dead pid) is resumed by a fresh process to the same weights as a straight run
+    # (bitwise only at the same thread count: parallel reductions round differently)
+    code = f"""
+import os, torch
+import ddn.experiments.common as c
+from ddn.experiments import pointcloud as pc
+real = c.save_checkpoint
+def save(*a, **k):
+    real(*a, **k)
+    os._exit(9)
+c.save_checkpoint = save
+torch.set_num_threads({torch.get_num_threads()}); torch.manual_seed(777); torch.rand(13)
+cfg = pc.preset("smoke", epochs=3)
+pc.train_model(cfg, "max", 50, pc.load_data(cfg), "cpu", {str(tmp_path / "b")!r}, False)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 9, r.stderr
+    cfg = pc.preset("smoke", epochs=3)
+    lock = pc.checkpoint_path(cfg, "max", 50, tmp_path / "b").with_suffix(".pt.lock")
+    assert lock.is_file()                                   # left behind by the killed run
+    data = pc.load_data(cfg)
+    straight, _ = pc.train_model(cfg, "max", 50, data, "cpu", tmp_path / "a", False)
+    resumed, n = pc.train_model(cfg, "max", 50, data, "cpu", tmp_path / "b", False)
+    assert n == 3 and not lock.exists()
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
