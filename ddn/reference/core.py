@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import autograd.numpy as anp
 import numpy as np
 import scipy.linalg
+import scipy.optimize
 import scipy.sparse.linalg as spla
 from autograd import grad, jacobian
 
@@ -422,6 +423,8 @@ class DeclarativeNode:
         A = self.active_jacobian(x, y, active)
         if multipliers is None:
             lam = eq_32_multipliers(grad_f, A)
+            if active and matrix_rank(A) < A.shape[0]:
+                lam = _sign_feasible_multipliers(grad_f, A, p, lam)
         else:
             lam = np.concatenate([multipliers[:p], multipliers[p:][active]])
         full = np.zeros(p + q)
@@ -932,6 +935,24 @@ def shortcut_gradient(node, x, y=None):
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+def _sign_feasible_multipliers(grad_f, A, p, lam):
+    """At a non-regular point (rank A < rows, Sec. 4.7.3) λᵀA = D_Y f has many solutions and
+    the minimum-norm one of Eq. 32 may give an active inequality λ > 0 although a KKT point has
+    multipliers with λ ≤ 0 (e.g. three active constraints at a corner of a box in R²): the node
+    then said "y is not a KKT point" and ddn.check failed a correct Dy. Prefer the solution with
+    λ_ineq ≤ 0 when it satisfies stationarity as well as the minimum-norm one."""
+    if np.all(lam[p:] <= 0):
+        return lam
+    lo = np.r_[np.full(p, -np.inf), np.full(A.shape[0] - p, -np.inf)]
+    hi = np.r_[np.full(p, np.inf), np.zeros(A.shape[0] - p)]
+    signed = scipy.optimize.lsq_linear(A.T, grad_f, bounds=(lo, hi), method="bvls",
+                                       tol=1e-14).x
+    r_min = np.max(np.abs(A.T @ lam - grad_f), initial=0.0)
+    r_signed = np.max(np.abs(A.T @ signed - grad_f), initial=0.0)
+    scale = 1.0 + np.max(np.abs(grad_f), initial=0.0)
+    return signed if r_signed <= r_min + 1e-12 * scale else lam
+
+
 def _check_vector(a, size, name):
     """a as a finite float (size,) array (any 1-D size when size is None), else DDNError."""
     try:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ddn.reference as R
-from ddn import DDNError
+from ddn import DDNError, DDNWarning
 from ddn.check import check_gradient
 
 
@@ -213,3 +213,33 @@ def test_trust_constr_finds_the_active_inequalities(x, s):
     assert check_gradient(ball, x).ok
     simplex = ScaledSimplex(5, s, method="trust-constr")
     np.testing.assert_allclose(simplex.solve(x)[0], R.project_simplex(x), atol=1e-10)
+
+
+class BoxCorner(R.IneqConstrainedNode):
+    """½‖u − x‖² s.t. u₁ ≤ 1, u₂ ≤ 1, u₁ + u₂ ≤ 2: at x > (1, 1) all three are active in R²
+    (non-regular, Sec. 4.7.3); y = (1, 1) and Dy = 0 near such x."""
+
+    def __init__(self, **kw):
+        super().__init__(2, 2, **kw)
+
+    def objective(self, x, y):
+        return 0.5 * anp.sum((y - x) ** 2)
+
+    def inequality_constraints(self, x, y):
+        return anp.stack([y[0] - 1.0, y[1] - 1.0, y[0] + y[1] - 2.0])
+
+
+@pytest.mark.parametrize("mode", ["lstsq", "drop", "pinv"])
+def test_nonregular_corner_has_sign_feasible_multipliers(mode):
+    # the minimum-norm λ of Eq. 32 was (−0.23, +0.03, −0.27): the node warned "λ > 0 ... y is not
+    # a KKT point" and check_gradient failed, though λ = (−0.3, 0, −0.2) ≤ 0 satisfies the KKT
+    # conditions and Dy = 0 is right
+    node = BoxCorner(nonregular=mode)
+    x = np.array([1.5, 1.2])
+    y, ctx = node.solve(x)
+    np.testing.assert_allclose(y, [1.0, 1.0], atol=1e-12)
+    assert np.all(ctx["multipliers"] <= 1e-12)
+    with pytest.warns(DDNWarning, match="weakly active"):  # λ is not unique here: one is 0
+        J = node.jacobian(x, y, ctx)
+    np.testing.assert_allclose(J, np.zeros((2, 2)), atol=1e-12)
+    assert check_gradient(node, x).ok
