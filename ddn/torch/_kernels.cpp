@@ -400,17 +400,21 @@ static int pool_back_row(const T* x, int64_t n, T y, T a, T H, T v, T* gx, T& ga
   ga = 0;
   if (H > 0) {
     const T c = v / H;
+    T Hy = H;  // pseudo-Huber, Welsch: Σφ'' re-accumulated at this y (see below)
     if constexpr (P == QUAD) {
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) gx[i] = c;
     } else if constexpr (P == PHUBER) {
-#pragma omp simd reduction(+ : D)
+      T hs = 0;
+#pragma omp simd reduction(+ : D, hs)
       for (int64_t i = 0; i < n; ++i) {
         T u = (y - x[i]) * ia;
         T s = T(1) / std::sqrt(T(1) + u * u), s3 = s * s * s;
         gx[i] = c * s3;
         D += u * u * u * s3;
+        hs += s3;
       }
+      Hy = hs;
     } else if constexpr (P == HUBER) {
 #pragma omp simd reduction(+ : D)
       for (int64_t i = 0; i < n; ++i) {
@@ -420,16 +424,32 @@ static int pool_back_row(const T* x, int64_t n, T y, T a, T H, T v, T* gx, T& ga
         D += inl ? T(0) : (z > 0 ? T(1) : T(-1));
       }
     } else if constexpr (P == WELSCH) {
-#pragma omp simd reduction(+ : D)
+      T hs = 0;
+#pragma omp simd reduction(+ : D, hs)
       for (int64_t i = 0; i < n; ++i) {
         T u = (y - x[i]) * ia, u2 = u * u;
         T w = vexp(T(-0.5) * u2);
-        gx[i] = c * (T(1) - u2) * w;
+        T d2 = (T(1) - u2) * w;
+        gx[i] = c * d2;
         D += u * w * (u2 - T(2));
+        hs += d2;
       }
+      Hy = hs;
     } else {
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) gx[i] = std::abs(y - x[i]) < a ? c : T(0);
+    }
+    // The forward's H was taken one converged Newton step (pseudo-Huber) or one final
+    // correction (Welsch) before y: a step of up to ~eps·|y| moves u = (y − x_i)/α by eps·|y|/α,
+    // which changes φ'' by percents when α ≪ |y| (float32, |x| ≈ 1000, α = 0.01: ∂L/∂x summed
+    // to 1 ± 2.5%). Use H at this y; the extra pass over gx (in L1) runs only when they differ.
+    if (Hy > 0 && Hy != H) {
+      const T f = H / Hy;
+      if (std::abs(f - T(1)) > 8 * Eps<T>::v) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) gx[i] *= f;
+      }
+      H = Hy;
     }
     ga = -v * D / H;
     return 0;

@@ -190,7 +190,9 @@ def pool_forward(x, alpha, pen):
 
 
 def pool_backward(x, y, alpha, H, v, pen, need_alpha):
-    """-> (∂L/∂x (B, n), ∂L/∂α (B,) or None, number of rows with H ≤ 0); one pass over x."""
+    """-> (∂L/∂x (B, n), ∂L/∂α (B,) or None, number of rows with H ≤ 0); one pass over x.
+    ``H`` (from ``pool_forward``) decides differentiability; pseudo-Huber and Welsch divide by
+    Σφ'' re-accumulated at ``y`` in that pass (the forward's is one tiny step stale)."""
     B, n = x.shape
     alpha = alpha.detach().contiguous()
     gx = torch.empty_like(x)

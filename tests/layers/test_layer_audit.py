@@ -176,3 +176,23 @@ def test_pooling_values_near_the_dtype_limit_error_alike_on_both_backends(backen
         want = R.robust_pool(np.array(row) / 1e38, pen, 1.0) * 1e38
         got = T.robust_pool(torch.tensor([row]), pen, 1e38).item()
         assert abs(got - want) <= 1e-5 * 1e38, pen
+
+
+@pytest.mark.parametrize("pen", ["pseudo-huber", "welsch"])
+def test_pooling_gradient_uses_curvature_at_the_returned_y(pen, backend):
+    """float32 rows far from 0 with a small α (|x| ≈ 1000, α = 0.01): the last converged Newton
+    step (≤ 2 eps |y|) moves u = (y − x_i)/α by about 0.02, and the kernel's backward divided by
+    H = Σφ'' taken *before* that step, so ∂y/∂x summed to 1 ± 2.5% (pseudo-Huber) or 5% (Welsch)
+    instead of 1 (y is translation-equivariant) and missed φ''(y − x_i)/Σφ''(y − x_j) at the
+    returned y. Now the backward uses H at the returned y (the eager code always did)."""
+    g = torch.Generator().manual_seed(0)
+    x = (1000 + torch.randn(256, 33, generator=g)).requires_grad_()
+    a = 0.01 if pen == "pseudo-huber" else 0.1
+    y = T.robust_pool(x, pen, a)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    assert (gx.double().sum(-1) - 1).abs().max() < 1e-5
+    # the closed form at the returned (float32) y, evaluated in float64
+    u = (y.detach().double()[:, None] - x.detach().double()) / a
+    d2 = (1 + u * u) ** -1.5 if pen == "pseudo-huber" else (1 - u * u) * torch.exp(-0.5 * u * u)
+    want = d2 / d2.sum(-1, keepdim=True)
+    assert (gx.double() - want).abs().max() < 1e-4
