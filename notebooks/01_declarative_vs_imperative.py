@@ -159,7 +159,8 @@ explorer.interact(steps=(0, 60), lr=(0.05, 1.0, 0.05));
 # %%
 explorer.update(steps=20, lr=0.5)
 _, err_unrolled, err_implicit = explorer.compute()
-assert err_unrolled[-1] > 1e3 * err_implicit[-1]   # after 20 slow steps unrolling lags behind
+assert err_implicit.max() < 1e-12    # -H⁻¹B at u_k is softmax(x) at every iterate (see above)
+assert err_unrolled[-1] > 1e-7       # after 20 slow steps the unrolled gradient still lags behind
 explorer.fig
 
 # %%

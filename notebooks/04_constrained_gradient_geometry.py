@@ -107,7 +107,7 @@ for s in (0.0, 0.7):
 prob = CircleConstrainedQuadratic(radius=1.2, coupling=0.0)
 p = prob.pieces(x0)
 H, a, B = p["H"], p["A"][0], p["B"]
-assert np.all(np.linalg.eigvalsh(H) > 0)
+assert p["lam"] < 0 and np.all(np.linalg.eigvalsh(H) > 0)
 H_half = np.real(sqrtm(H))
 H_mhalf = np.linalg.inv(H_half)
 a_t = H_mhalf @ a                         # normal of the transformed tangent plane

@@ -126,6 +126,11 @@ for name in PENALTIES:
     assert np.allclose(Dy, cf, atol=1e-8), name
     assert np.allclose(Dy, fd, atol=1e-5), name
     assert np.isclose(Dy.sum(), 1.0), name
+    far = np.abs(pooled[name] - x) > alpha             # points further than α from y
+    if name in ("huber", "truncated-quadratic"):       # ... get zero weight
+        assert far.any() and np.all(Dy[far] == 0) and np.all(Dy[~far] > 0), name
+    if name == "welsch":                               # ... get a small negative weight
+        assert far.any() and np.all(Dy[far] < 0) and np.all(Dy[~far] > 0), name
     print(f"{name:>20s}: Dy matches closed form and finite differences; "
           f"outliers' total weight {Dy[-3:].sum():.4f}")
 

@@ -79,6 +79,9 @@ x = np.array([1.3, -0.4, 0.25, 0.05])
 for p in P_VALUES:
     y = ref.project_sphere(x, p, radius=1.0)
     print(f"p = {p}: y = {np.round(y, 4)},  ‖y‖_p = {np.linalg.norm(y, ord=p):.6f}")
+    assert np.isclose(np.linalg.norm(y, ord=p), 1.0)
+assert np.allclose(ref.project_sphere(x, 1), [0.95, -0.05, 0.0, 0.0])   # small ones zeroed
+assert np.allclose(ref.project_sphere(x, float("inf")), np.clip(x, -1, 1))   # large one clipped
 
 # %% [markdown]
 # The L1 projection zeroed the small coordinates (sparsity); the L∞ projection clipped the

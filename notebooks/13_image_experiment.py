@@ -69,6 +69,10 @@ for p in (1.0, 2.0, math.inf):
     print(f"p = {p}: ball of radius {im.auto_scale(512, p):.2f} moves "
           f"{(norms > im.auto_scale(512, p)).float().mean().item():.0%} of the features")
     assert (norms > im.auto_scale(512, p)).float().mean() > 0.9
+    if p == 2.0:
+        assert abs(norms.std().item() - 0.5**0.5) < 0.05       # ‖z‖₂ = 22.6 ± 0.7
+for p in (1.0, 2.0):                                            # γ = 0.65: the paper's ratios
+    assert 0.6 < im.PAPER_SCALES[p] / im.expected_norm(512, p) < 0.7
 
 # %% [markdown]
 # ## The gradient through the projection
