@@ -68,7 +68,15 @@ def newton_solve(node, x):
     y = np.array(node.initial_guess(x), dtype=float).reshape(node.m)
     f = _objective(node, x, y)
     g, Hf = grad(f), hessian(f)
-    fy, gy = float(f(y)), quiet(g, y)
+    with np.errstate(all="ignore"):  # a non-finite start is handled just below
+        fy, gy = float(f(y)), quiet(g, y)
+    if not (np.isfinite(fy) and np.all(np.isfinite(gy))):
+        # e.g. a norm ‖u‖ in f at the default guess y0 = 0, where D_Y f is 0/0 = NaN: start
+        # from a fixed perturbation of y0 instead, if f is differentiable there
+        y1 = _perturbed(y)
+        f1, g1 = float(f(y1)), quiet(g, y1)
+        if np.isfinite(f1) and np.all(np.isfinite(g1)):
+            y, fy, gy = y1, f1, g1
     if not (np.isfinite(fy) and np.all(np.isfinite(gy))):
         raise DDNError(f"{type(node).__name__}.solve: f or D_Y f is not finite at the initial "
                        f"guess y0 = {y} (f = {fy}); give an initial_guess(x) inside the domain.")

@@ -943,8 +943,8 @@ def _sign_feasible_multipliers(grad_f, A, p, lam):
     λ_ineq ≤ 0 when it satisfies stationarity as well as the minimum-norm one."""
     if np.all(lam[p:] <= 0):
         return lam
-    lo = np.r_[np.full(p, -np.inf), np.full(A.shape[0] - p, -np.inf)]
-    hi = np.r_[np.full(p, np.inf), np.zeros(A.shape[0] - p)]
+    lo = np.full(A.shape[0], -np.inf)
+    hi = np.r_[np.full(p, np.inf), np.zeros(A.shape[0] - p)]  # λ_eq free, λ_ineq ≤ 0
     signed = scipy.optimize.lsq_linear(A.T, grad_f, bounds=(lo, hi), method="bvls",
                                        tol=1e-14).x
     r_min = np.max(np.abs(A.T @ lam - grad_f), initial=0.0)

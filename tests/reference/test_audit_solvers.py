@@ -243,3 +243,23 @@ def test_nonregular_corner_has_sign_feasible_multipliers(mode):
         J = node.jacobian(x, y, ctx)
     np.testing.assert_allclose(J, np.zeros((2, 2)), atol=1e-12)
     assert check_gradient(node, x).ok
+
+
+class NormPenalty(R.DeclarativeNode):
+    """‖u − x‖² + ‖u‖ (group-lasso shrinkage): y = (1 − 1/(2‖x‖)) x for ‖x‖ > ½,
+    Dy = (1 − 1/(2‖x‖)) I + x xᵀ/(2‖x‖³)."""
+
+    def objective(self, x, y):
+        return anp.sum((y - x) ** 2) + anp.sqrt(anp.sum(y ** 2))
+
+
+def test_newton_from_the_zero_default_guess_where_the_gradient_is_nan():
+    # D_Y ‖u‖ is 0/0 at the default y0 = 0: the node raised "D_Y f is not finite at the initial
+    # guess" on an ordinary problem whose solution is far from 0
+    node = NormPenalty(3, 3)
+    x = np.array([1.0, 2.0, -2.0])  # ‖x‖ = 3
+    y, _ = node.solve(x)
+    np.testing.assert_allclose(y, (1 - 1 / 6) * x, atol=1e-12)
+    Dy = (1 - 1 / 6) * np.eye(3) + np.outer(x, x) / 54
+    np.testing.assert_allclose(node.jacobian(x, y), Dy, atol=1e-10)
+    assert check_gradient(node, x).ok
