@@ -615,7 +615,10 @@ class _ImplicitFunction(torch.autograd.Function):
         with torch.no_grad():
             y, sctx = node._solve_checked(xs)
         y = y.detach()
-        if any(y is x for x in xs):
+        # y must not share memory with an input (a solve that returns x, or a view x[:, :k]):
+        # an in-place op on y would silently change the input and the tensors saved for backward
+        ptr = y.untyped_storage().data_ptr()
+        if any(torch.is_tensor(x) and x.untyped_storage().data_ptr() == ptr for x in xs):
             y = y.clone()
         fctx.node, fctx.sctx, fctx.linear_solver = node, sctx, linear_solver
         fctx.params = params  # the node's own nn.Parameters (leaves), used by its objective

@@ -307,3 +307,28 @@ def test_vjp_jacobian_and_diagnose_accept_half_precision_like_the_layer(dtype):
     tol = 2e-2 if dtype == torch.float16 else 1e-1
     assert torch.allclose(J.double(), J64, atol=tol) and torch.allclose(g.double(), g64, atol=tol)
     assert d["residual"].max() < 1e-3
+
+
+class FirstThree(DeclarativeNode):
+    """min ½‖y − x[:, :3]‖²: a solve that returns the view x[:, :3]."""
+
+    def objective(self, x, y):
+        return 0.5 * ((y - x[:, :3]) ** 2).sum(-1)
+
+    def solve(self, x):
+        return x[:, :3], {}
+
+
+def test_a_y_that_is_a_view_of_the_input_does_not_alias_it():
+    """Only y is x was copied: a view x[:, :3] came back sharing x's memory, so y.mul_(2) silently
+    doubled part of the input."""
+    for req in (False, True):
+        x = torch.randn(2, 4, dtype=F64, requires_grad=req)
+        x0 = x.detach().clone()
+        y = DeclarativeLayer(FirstThree())(x)
+        with torch.no_grad():
+            y.mul_(2)
+        assert torch.equal(x.detach(), x0)
+    x = torch.randn(2, 4, dtype=F64, requires_grad=True)
+    (DeclarativeLayer(FirstThree())(x) * torch.arange(3.0, dtype=F64)).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([[0.0, 1, 2, 0]] * 2, dtype=F64))
