@@ -6,6 +6,8 @@ redraws, and returns the figure; ``interact(**sliders)`` wires ``update`` to ipy
 """
 from __future__ import annotations
 
+import numbers
+
 __all__ = ["InteractiveFigure"]
 
 
@@ -62,12 +64,20 @@ class InteractiveFigure:
                 widgets[name] = spec
             elif isinstance(spec, (list, dict)):
                 widgets[name] = ipywidgets.Dropdown(options=spec, value=value, description=name)
-            elif all(isinstance(s, int) for s in spec):
-                lo, hi, *step = spec
-                widgets[name] = ipywidgets.IntSlider(value=value, min=lo, max=hi,
-                                                     step=step[0] if step else 1, description=name)
             else:
                 lo, hi, *step = spec
+                # A slider clamps its value into [min, max] (and an IntSlider truncates it),
+                # and interact then redraws with that value: a float parameter given an
+                # int range, or a current value outside the range, would silently change
+                # the picture the moment it is shown. Int sliders only for int parameters;
+                # ranges are widened to include the current value.
+                lo, hi = min(lo, value), max(hi, value)
+                is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                if is_int and all(isinstance(s, numbers.Integral) for s in spec):
+                    widgets[name] = ipywidgets.IntSlider(value=value, min=lo, max=hi,
+                                                         step=step[0] if step else 1,
+                                                         description=name)
+                    continue
                 widgets[name] = ipywidgets.FloatSlider(value=value, min=lo, max=hi,
                                                        step=step[0] if step else (hi - lo) / 100,
                                                        description=name, continuous_update=False)
