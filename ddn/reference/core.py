@@ -106,6 +106,25 @@ def implicit_vjp(v, H, pullback, A=None, *, singular="error", proximal_delta=1e-
     return -pullback(u, mu)  # vᵀDy = −uᵀB − μᵀC
 
 
+def _shapes(**mats):
+    """Check the shapes of the propositions' matrices against each other (H (m, m), A (p̃, m),
+    B (m, n), C (p̃, n), a (m,)); a mismatch was a numpy/scipy ValueError about 'lu' and 'b'."""
+    H, A, B, C = (mats.get(k) for k in "HABC")
+    m = H.shape[0] if H is not None else A.shape[1]
+    n = B.shape[1] if B is not None else (C.shape[1] if C is not None else None)
+    want = {"H": (m, m), "A": (None, m), "B": (m, n), "C": (A.shape[0] if A is not None else
+                                                          None, n), "a": (m,)}
+    for k, M in mats.items():
+        if M is None or not isinstance(M, np.ndarray):
+            continue
+        if M.ndim != len(want[k]) or any(w is not None and w != d for w, d in zip(want[k],
+                                                                                   M.shape)):
+            shape = "(" + ", ".join("·" if w is None else str(w) for w in want[k]) + \
+                ("," if len(want[k]) == 1 else "") + ")"
+            raise DDNError(f"{k} has shape {M.shape}, expected {shape} (H (m, m), A (p̃, m), "
+                           f"B (m, n), C (p̃, n), a (m,)).")
+
+
 def _regular_kkt(H, A, singular):
     """K = [[H, −Aᵀ], [A, 0]] when H is singular but K is not, else None.
 
@@ -171,6 +190,8 @@ def eq_32_multipliers(grad_f, A):
 # ----------------------------------------------------------------------------------------------
 def prop_4_4_jacobian(H, B, *, singular="error", proximal_delta=1e-6):
     """Prop. 4.4 (unconstrained): Dy = −H⁻¹B with H = D²_YY f (m, m), B = D²_XY f (m, n)."""
+    B = np.asarray(B, dtype=float)
+    _shapes(H=H, B=B)
     return -HessianSolve(H, singular, proximal_delta).solve(B)
 
 
@@ -182,6 +203,8 @@ def prop_4_5_jacobian(H, A, B, C, *, singular="error", proximal_delta=1e-6, nonr
     with H = D²_YY L (m, m), A = D_Y h̃ (p̃, m), B = D²_XY L (m, n), C = D_X h̃ (p̃, n),
     L = f − λᵀh̃. Non-regular A follows ``nonregular`` (Sec. 4.7.3).
     """
+    A, B, C = (np.asarray(M, dtype=float) for M in (A, B, C))
+    _shapes(H=H, A=A, B=B, C=C)
     if A.shape[0] == 0:  # nothing active: Prop. 4.4
         return prop_4_4_jacobian(H, B, singular=singular, proximal_delta=proximal_delta)
     cs = ConstraintSolve(A, nonregular)
@@ -204,6 +227,8 @@ def cor_4_7_jacobian(H, a, B, *, singular="error", proximal_delta=1e-6):
 
     with a = D_Y h(y)ᵀ (m,), H = D²_YY f − λ D²_YY h (m, m), B = D²_XY f (m, n).
     """
+    a, B = np.asarray(a, dtype=float), np.asarray(B, dtype=float)
+    _shapes(H=H, a=a, B=B)
     if _regular_kkt(H, np.atleast_2d(a), singular) is not None:  # H singular, y isolated
         return prop_4_5_jacobian(H, np.atleast_2d(a), B, np.zeros((1, B.shape[1])),
                                  singular=singular)
@@ -221,7 +246,8 @@ def cor_4_9_jacobian(H, A, B, *, singular="error", proximal_delta=1e-6, nonregul
 
         Dy = ( H⁻¹Aᵀ (A H⁻¹ Aᵀ)⁻¹ A H⁻¹ − H⁻¹ ) B,   H = D²_YY f, B = D²_XY f.
     """
-    C = np.zeros((A.shape[0], B.shape[1]))
+    A, B = np.atleast_2d(np.asarray(A, dtype=float)), np.asarray(B, dtype=float)
+    C = np.zeros((A.shape[0], B.shape[1] if B.ndim == 2 else 0))
     return prop_4_5_jacobian(H, A, B, C, singular=singular, proximal_delta=proximal_delta,
                              nonregular=nonregular)
 
@@ -230,6 +256,8 @@ def feasibility_jacobian(A, C, *, nonregular="error"):
     """Feasibility (Sec. 4.7.1, Eq. 46): D_Y h̃ · Dy = −D_X h̃, i.e. Dy = −A⁻¹C with
     A = D_Y h̃ (p̃, m) and C = D_X h̃ (p̃, n); unique when A is square and invertible. Otherwise
     least squares (p̃ > m) or the minimum-norm solution (nonregular='pinv')."""
+    A, C = np.asarray(A, dtype=float), np.asarray(C, dtype=float)
+    _shapes(A=A, C=C)
     cs = ConstraintSolve(A, nonregular)
     if cs.rank < cs.m:
         if cs.choice != "pinv":

@@ -263,3 +263,21 @@ def test_newton_from_the_zero_default_guess_where_the_gradient_is_nan():
     Dy = (1 - 1 / 6) * np.eye(3) + np.outer(x, x) / 54
     np.testing.assert_allclose(node.jacobian(x, y), Dy, atol=1e-10)
     assert check_gradient(node, x).ok
+
+
+def test_proposition_jacobians_name_mismatched_shapes():
+    # a B, A or a of the wrong size was a scipy ValueError ("Shapes of lu (3, 3) and b (2, 4)")
+    H, B = np.eye(3), np.ones((3, 4))
+    with pytest.raises(DDNError, match="B has shape"):
+        R.prop_4_4_jacobian(H, np.ones((2, 4)))
+    with pytest.raises(DDNError, match="A has shape"):
+        R.prop_4_5_jacobian(H, np.ones((1, 2)), B, np.ones((1, 4)))
+    with pytest.raises(DDNError, match="C has shape"):
+        R.prop_4_5_jacobian(H, np.ones((1, 3)), B, np.ones((2, 4)))
+    with pytest.raises(DDNError, match=r"a has shape \(2,\), expected \(3,\)"):
+        R.cor_4_7_jacobian(H, np.ones(2), B)
+    with pytest.raises(DDNError, match="A has shape"):
+        R.cor_4_9_jacobian(H, np.ones((1, 2)), B)
+    with pytest.raises(DDNError, match="C has shape"):
+        R.feasibility_jacobian(np.eye(2), np.ones((3, 1)))
+    np.testing.assert_allclose(R.prop_4_4_jacobian(2 * H, B), -B / 2)  # right shapes still work
