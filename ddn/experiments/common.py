@@ -436,7 +436,10 @@ def apply_preset(config_cls, presets: dict, name: str | None, overrides: dict, w
     name = name or ("smoke" if is_smoke() else "cpu")
     if name not in presets:
         raise DDNError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
-    cfg = config_cls(preset=name, **presets[name])
+    import copy
+    # a deep copy: the presets' lists and dicts must not be shared with (and edited through)
+    # the configs built from them
+    cfg = config_cls(preset=name, **copy.deepcopy(presets[name]))
     for k, v in overrides.items():
         if v is None:
             continue

@@ -115,3 +115,16 @@ def test_append_results_empty_and_foreign_columns(tmp_path):
         append_results(p, [dict(a=1, c=3)])                       # c used to vanish silently
     append_results(p, [dict(a=3)])                                # missing columns: empty
     assert [r["a"] for r in read_results(p)] == [1.0, 3.0]
+
+
+def test_editing_a_config_does_not_edit_the_preset():
+    # preset lists/dicts were shared: cfg.rates.append(90) changed every later smoke preset
+    from ddn.experiments import images as im, pointcloud as pc
+    c = pc.preset("smoke")
+    c.rates.append(90)
+    c.settings.remove("III")
+    assert pc.preset("smoke").rates == [0, 50] and pc.preset("smoke").settings == ["II", "III"]
+    c = im.preset("paper")
+    c.scales[2.0] = 99.0
+    c.variants.clear()
+    assert im.preset("paper").scales[2.0] == 15.0 and len(im.preset("paper").variants) == 7
