@@ -231,7 +231,9 @@ def _project(x, p, radius, dim, kind, masked):
         rr = radius.to(dtype=x.dtype, device=x.device)
         if not bool(torch.isfinite(rr).all() & (rr > 0).all()):
             raise DDNError("radius must be finite and positive")
-        r = _rows_of(rr, red_shape, dim, B, "radius")
+        # the shape with shape[dim] = 1 first: it is how r broadcasts against x and y (a (B, 1)
+        # radius for x of shape (A, B, n) is per dim 1 even when A = B)
+        r = _rows_of(rr, red_shape, dim, B, "radius", keepdim=True)
     else:
         radius = float(radius)
         if not (radius > 0 and radius != INF):
@@ -251,8 +253,9 @@ def project_sphere(x, p=2, radius=1.0, dim=-1, masked=True):
         x: tensor, any shape, float32/float64, CPU or CUDA (float16/bfloat16 are computed in
             float32 and rounded back).
         p: 1, 2 or ``float("inf")``.
-        radius: r > 0, float or tensor broadcastable to ``x`` without ``dim`` or with
-            ``shape[dim] = 1`` (a tensor that requires grad receives ``∂L/∂r``).
+        radius: r > 0, float or tensor broadcastable to ``x`` with ``shape[dim] = 1`` (as it
+            broadcasts against ``x``; tried first) or to ``x`` without ``dim`` (a tensor that
+            requires grad receives ``∂L/∂r``).
         dim: the projected dimension.
         masked: gradient on non-smooth faces (module docstring); default True.
 

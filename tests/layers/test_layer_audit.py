@@ -196,3 +196,27 @@ def test_pooling_gradient_uses_curvature_at_the_returned_y(pen, backend):
     d2 = (1 + u * u) ** -1.5 if pen == "pseudo-huber" else (1 - u * u) * torch.exp(-0.5 * u * u)
     want = d2 / d2.sum(-1, keepdim=True)
     assert (gx.double() - want).abs().max() < 1e-4
+
+
+def test_projection_radius_broadcasts_like_against_x(backend):
+    """A (B, 1) radius for x of shape (A, B, n) broadcasts against x per dim 1. It was matched
+    against x-without-dim (A, B) first, which fits only when A = B: then it was applied per
+    dim 0, silently, so the meaning of the same radius flipped with a shape coincidence."""
+    r = torch.tensor([[0.5], [1.0], [2.0]], dtype=F64)
+    for A in (3, 4):  # A = B = 3 was the silently wrong case
+        x = torch.randn(A, 3, 5, dtype=F64, generator=torch.Generator().manual_seed(A))
+        for f in (lambda x, r: T.project_sphere(x, 2, r), lambda x, r: T.project_ball(x, 1, r),
+                  lambda x, r: T.project_simplex(x, r)):
+            y = f(x, r)
+            want = torch.stack([torch.stack([f(x[i, j], r[j, 0]) for j in range(3)])
+                                for i in range(A)])
+            torch.testing.assert_close(y, want, rtol=0, atol=1e-15)
+        # the common shapes keep their meaning: per row (A,) / per (A, B) / keepdim (A, B, 1)
+        y = T.project_sphere(x, 2, torch.arange(1.0, A + 1, dtype=F64)[:, None].expand(A, 3))
+        torch.testing.assert_close(y.norm(dim=-1), torch.arange(1.0, A + 1, dtype=F64)[:, None]
+                                   .expand(A, 3))
+        rk = torch.rand(A, 3, 1, dtype=F64) + 0.5
+        torch.testing.assert_close(T.project_sphere(x, 2, rk).norm(dim=-1, keepdim=True), rk)
+    x2 = torch.randn(4, 6, dtype=F64)
+    r2 = torch.arange(1.0, 5.0, dtype=F64)
+    torch.testing.assert_close(T.project_sphere(x2, 2, r2).norm(dim=-1), r2)
