@@ -173,16 +173,16 @@ def _kkt_step(K, g, differentiable):
     multipliers of size 1/eps, whose terms then swamp the scale of the convergence test, so that an
     infeasible y was reported as converged. Under ``differentiable`` the pseudo-inverse steps carry
     no graph (the derivative of ``pinv`` where the rank changes is NaN); the final full Newton step
-    at a regular solution gives the iterate its derivative."""
-    if not differentiable:
-        return -_linalg.solve_dense(K.detach(), g.detach(), singular="pinv")[0]
+    at a regular solution gives the iterate its derivative. Returns ``(d, singular)``."""
     d0, info = _linalg.solve_dense(K.detach(), g.detach(), singular="pinv")
     piv = info["pinv"]
+    if not differentiable:
+        return -d0, piv
     if not bool(piv.any()):
-        return -_linalg.solve_dense(K, g)[0]
+        return -_linalg.solve_dense(K, g)[0], piv
     eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
     dg = _linalg.solve_dense(torch.where(piv[:, None, None], eye, K), g)[0]
-    return -torch.where(piv[:, None], d0, dg)
+    return -torch.where(piv[:, None], d0, dg), piv
 
 
 def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=30):
@@ -192,7 +192,9 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
     Returns ``(z, info)`` with ``converged`` (``‖∇ℒ‖ ≤ tol · s``, ``s = max(1, ‖K (1 + |z|)‖_∞)``, the
     size of the gradient's terms, as in :func:`newton`), ``iterations``, ``grad_norm``, ``scale``,
     ``stalled`` (unconverged elements whose line search found no decrease at some iteration: the
-    Newton direction was useless there, e.g. a singular KKT matrix — not merely out of iterations).
+    Newton direction was useless there, e.g. a singular KKT matrix — not merely out of iterations),
+    ``singular_end`` (with ``differentiable``: the KKT matrix is singular at the final iterate, so
+    the iterate has no derivative there).
     """
     z = z0 if differentiable else z0.detach()
 
@@ -204,6 +206,7 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
 
     gn = sc = None
     stalled = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+    singular_end = torch.zeros_like(stalled)
     it = 0
     for it in range(max_iter + 1):
         _, g, K = _grad_and_hessian(lagr, z, differentiable)
@@ -212,9 +215,10 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
         conv = gn <= tol * sc
         if bool(conv.all()) or it == max_iter:
             if differentiable and z.requires_grad:
-                z = z + _kkt_step(K, g, True)
+                d, singular_end = _kkt_step(K, g, True)
+                z = z + d
             break
-        d = _kkt_step(K, g, False)
+        d, _ = _kkt_step(K, g, False)
         d = torch.nan_to_num(d)
         with torch.no_grad():
             t = torch.ones_like(gn)
@@ -228,7 +232,7 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
             t = torch.where(conv | ~ok, torch.zeros_like(t), t)
             stalled = stalled | (~conv & ~ok)
         if differentiable:
-            d = _kkt_step(K, g, True)
+            d, _ = _kkt_step(K, g, True)
         z = z + t.unsqueeze(-1) * d
         if not bool((t > 0).any()):
             break
@@ -236,7 +240,7 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
         z = z.detach()
     conv = gn <= tol * sc
     return z, {"converged": conv, "iterations": it, "grad_norm": gn, "scale": sc,
-               "stalled": stalled & ~conv}
+               "stalled": stalled & ~conv, "singular_end": singular_end}
 
 
 def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40, rho0=10.0):

@@ -517,6 +517,13 @@ class EqConstrainedNode(DeclarativeNode):
         z, info = _solvers.newton_kkt(lagr, z0, tol=self._solver_tol(y0), max_iter=self.solver_max_iter,
                                       differentiable=differentiable)
         conv = info["converged"]
+        if differentiable and bool(info["singular_end"].any()):
+            raise DDNError(f"{type(self).__name__}: linear_solver='unroll' cannot differentiate the "
+                           "solve where the KKT matrix is singular at the solution (rank-deficient "
+                           "constraints, e.g. a repeated one) at batch element(s) "
+                           f"{info['singular_end'].nonzero().flatten().tolist()}. Remedy: use "
+                           "linear_solver='dense' with singular='pinv', or remove the redundant "
+                           "constraints.")
         if not differentiable and bool(info["stalled"].any()):
             # Local SQP stalled for some elements (its line search found no decrease), typically
             # from a KKT matrix that is singular at the initial guess (h = ‖y‖² − 1 at y = 0 has

@@ -56,6 +56,22 @@ def test_default_solver_on_a_repeated_linear_constraint_finds_the_solution(singu
             assert torch.allclose(rep.jacobian(x), full.jacobian(x), atol=1e-9)
 
 
+def test_unroll_through_a_repeated_linear_constraint_is_a_clear_error():
+    """The unrolled Newton-KKT cannot differentiate where the KKT matrix stays singular at the
+    solution (its least-norm steps carry no graph): it returned a zero gradient silently."""
+    x = _x().requires_grad_()
+    rep = ExpOnPlanes(torch.cat([A_FULL, 2 * A_FULL[:1]]), torch.cat([B_FULL, 2 * B_FULL[:1]]),
+                      linear_solver="unroll")
+    with pytest.raises(DDNError, match="unroll.*singular.*singular='pinv'"):
+        DeclarativeLayer(rep)(x).sum().backward()
+    # a regular problem still unrolls, with the implicit gradient
+    v = torch.randn(3, 4, dtype=F64)
+    y = DeclarativeLayer(ExpOnPlanes(A_FULL, B_FULL, linear_solver="unroll"))(x)
+    (gu,) = torch.autograd.grad(y, x, v)
+    (gi,) = ExpOnPlanes(A_FULL, B_FULL).vjp(x.detach(), v=v)
+    assert torch.allclose(gu, gi, atol=1e-9)
+
+
 class Near(DeclarativeNode):
     """min ½‖y − x‖² + 0.1 Σ y⁴ (default solver), or a solve that returns a bad y / ctx."""
 
