@@ -25,8 +25,13 @@ def check_mode(name, value, allowed):
 
 
 def condition_number(H):
-    """2-norm condition number of ``H`` (``inf`` when singular or zero)."""
-    s = np.linalg.svd(np.atleast_2d(H), compute_uv=False)
+    """2-norm condition number of ``H`` (``inf`` when singular or zero, or not finite: the SVD
+    of a matrix with Inf/NaN raised LinAlgError 'SVD did not converge' before the solvers could
+    name the problem)."""
+    H = np.atleast_2d(H)
+    if not np.all(np.isfinite(H)):
+        return float("inf")
+    s = np.linalg.svd(H, compute_uv=False)
     return float(s[0] / s[-1]) if s[-1] > 0 else float("inf")
 
 
@@ -34,6 +39,9 @@ def matrix_rank(A):
     """Numerical rank of ``A`` with relative tolerance :data:`RANK_RTOL`."""
     if A is None or A.size == 0:
         return 0
+    if not np.all(np.isfinite(A)):
+        raise DDNError("D_Y h̃ contains NaN/Inf: the constraints are not differentiable at y "
+                       "(or y is not finite).")
     s = np.linalg.svd(A, compute_uv=False)
     return int(np.sum(s > RANK_RTOL * max(s[0], np.finfo(float).tiny)))
 

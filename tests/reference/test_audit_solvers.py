@@ -281,3 +281,14 @@ def test_proposition_jacobians_name_mismatched_shapes():
     with pytest.raises(DDNError, match="C has shape"):
         R.feasibility_jacobian(np.eye(2), np.ones((3, 1)))
     np.testing.assert_allclose(R.prop_4_4_jacobian(2 * H, B), -B / 2)  # right shapes still work
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's own, from log(0) in f
+def test_non_finite_hessian_is_named_not_an_svd_crash():
+    # softmax of (0, 800): y₀ = e^−800 = 0, H = diag(1/y) has an Inf; the condition number's SVD
+    # raised numpy's LinAlgError "SVD did not converge" instead of the DDNError that names it
+    node = R.SoftmaxNode(2)
+    with pytest.raises(DDNError, match="NaN/Inf"):
+        node.jacobian(np.array([0.0, 800.0]))
+    with pytest.raises(DDNError, match="NaN/Inf"):
+        node.vjp(np.array([0.0, 800.0]), np.ones(2))
