@@ -76,6 +76,7 @@ class BilevelDescent(InteractiveFigure):
         ax.axvline(THETA_STAR, color="0.6", ls=":", label=r"$\theta^\star$")
         ax.set_xlim(self._grid[0], self._grid[-1])
         ax.set_xlabel(r"$\theta$")
+        ax.set_ylabel(r"$J(\theta)$")
         ax.set_title(rf"$\theta_{{{len(th) - 1}}}$ = {th[-1]:.4f}")
         ax.legend(fontsize=8)
         ax = self.ax_d
@@ -85,6 +86,7 @@ class BilevelDescent(InteractiveFigure):
         ax.plot(xs, shrinkage_solve(xs, th[0]), "C0--", lw=1, label=r"$y(x;\theta_0)$")
         ax.plot(xs, shrinkage_solve(xs, th[-1]), "C3", label=r"$y(x;\theta_{last})$")
         ax.set_xlabel("x")
+        ax.set_ylabel("y")
         ax.set_title("lower level: one declarative node per input")
         ax.legend(fontsize=8)
 
@@ -121,6 +123,7 @@ def draw_bilevel(x=None, t=None):
     ax1.plot([], [], "C3", label=r"implicit $dJ/d\theta$ (tangents)")
     ax1.axvline(THETA_STAR, color="0.6", ls=":")
     ax1.set_xlabel(r"$\theta$")
+    ax1.set_ylabel(r"$J(\theta)$")
     ax1.set_title(r"upper: $\min_\theta J(x, y(x; \theta))$")
     ax1.legend(fontsize=8)
     return fig

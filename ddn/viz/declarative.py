@@ -115,6 +115,7 @@ class UnrollingExplorer(InteractiveFigure):
         self.ax_u.plot(k, u, "o-", ms=3, label=r"iterate $u_k$")
         self.ax_u.axhline(y, color="k", ls="--", lw=1, label=r"$y = \log\sum e^{x_i}$")
         self.ax_u.set_xlabel("iteration k")
+        self.ax_u.set_ylabel(r"$u_k$")
         self.ax_u.set_title(f"gradient descent, lr = {self.values['lr']:.2f}")
         self.ax_u.legend()
         tiny = 1e-17

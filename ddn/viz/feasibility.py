@@ -82,6 +82,8 @@ class FeasibilityView(InteractiveFigure):
             ax.set_title(r"feasibility: $y$ and $\partial y/\partial r_1$, "
                          r"$\partial y/\partial r_2$ ($\times 1/4$)")
         ax.set_aspect("equal")
+        ax.set_xlabel(r"$u_1$")
+        ax.set_ylabel(r"$u_2$")
         ax.set_xlim(-1.5, 2.5)
         ax.set_ylim(-1.5, 1.8)
         ax.legend(loc="lower left", fontsize=8)
@@ -102,6 +104,8 @@ class FeasibilityView(InteractiveFigure):
             ax.quiver([y[0]], [y[1]], [n[0]], [n[1]], color=f"C{3 + i}", angles="xy",
                       scale_units="xy", scale=1.5, width=0.01)
         ax.set_aspect("equal")
+        ax.set_xlabel(r"$u_1$")
+        ax.set_ylabel(r"$u_2$")
         ax.set_xlim(-2, 2)
         ax.set_ylim(-2, 2)
         ax.legend(loc="lower left", fontsize=8)

@@ -61,6 +61,8 @@ def _draw_disc(ax, x):
         ax.quiver([y[0]], [y[1]], [d2[0]], [d2[1]], color="C0", angles="xy", scale_units="xy",
                   scale=1.0, width=0.012, alpha=0.7)
     ax.set_aspect("equal")
+    ax.set_xlabel(r"$u_1$")
+    ax.set_ylabel(r"$u_2$")
     ax.set_xlim(-2.2, 2.2)
     ax.set_ylim(-1.4, 1.8)
     ax.set_title(f"x = {x:+.2f}: {regime}" + (rf", $\lambda$ = {lam:.2f}" if lam else ""))
@@ -107,12 +109,14 @@ class InequalityRegimes(InteractiveFigure):
         self.ax_y.plot(xs, self._Y[:, 0], label=r"$y_1$")
         self.ax_y.plot(xs, self._Y[:, 1], label=r"$y_2$")
         self.ax_y.plot([x, x], y, "ko", ms=5)
+        self.ax_y.set_ylabel(r"$y(x)$")
         self.ax_y.set_title("solution (shaded: constraint inactive)")
         self.ax_y.legend(fontsize=8)
         self.ax_d.plot(xs, self._D[:, 0], label=r"$dy_1/dx$")
         self.ax_d.plot(xs, self._D[:, 1], label=r"$dy_2/dx$")
         self.ax_d.plot(xs, self._L, "k:", label=r"multiplier $\lambda$")
         self.ax_d.plot([x, x], dy, "ko", ms=5)
+        self.ax_d.set_ylabel(r"$Dy(x)$ and $\lambda(x)$")
         self.ax_d.set_title("gradient jumps where the constraint is weakly active")
         self.ax_d.legend(fontsize=8)
 
@@ -137,6 +141,7 @@ def draw_three_regimes():
     for s in (-1, 1):
         ax.axvline(s * X_WEAK, color="0.6", ls="--", lw=0.8)
     ax.set_xlabel("x")
+    ax.set_ylabel(r"$Dy(x)$ and $\lambda(x)$")
     ax.set_title("Dy(x): kinks at weakly active x")
     ax.legend(fontsize=8)
     return fig

@@ -79,6 +79,8 @@ def lp_projection_figure(radius=1.0, n_outside=16, project=None):
                 ax.plot(*x, "o", color="0.3", ms=3)
                 ax.plot(*y, "o", color="k", ms=4)
         ax.set_aspect("equal")
+        ax.set_xlabel(r"$u_1$")
+        ax.set_ylabel(r"$u_2$")
         lim = 1.9 * radius
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
@@ -133,6 +135,8 @@ class ProjectionExplorer(InteractiveFigure):
                     [], [], color=c, ls=ls, lw=1.8 if masked else 2.5,
                     label=f"Dy e_{j + 1} ({'masked' if masked else 'unmasked'})")
         ax.set_aspect("equal")
+        ax.set_xlabel(r"$u_1$")
+        ax.set_ylabel(r"$u_2$")
         ax.axhline(0, color="0.85", lw=0.8)
         ax.axvline(0, color="0.85", lw=0.8)
         ax.legend(loc="lower left", fontsize=7)

@@ -71,6 +71,7 @@ class TwoSolutionView(InteractiveFigure):
         ax.plot([-y], [0], "o", mfc="none", mec="k", ms=8, label="other minimiser")
         ax.set_ylim(-0.2, 3)
         ax.set_xlabel("u")
+        ax.set_ylabel(r"$f(x, u)$")
         ax.set_title(rf"$f(x, u) = (x u^2 - 1)^2$, x = {x:.2f}")
         ax.legend(fontsize=8)
         ax = self.ax_y
@@ -83,6 +84,7 @@ class TwoSolutionView(InteractiveFigure):
         ax.plot([x], [y], "ko")
         ax.set_ylim(-3, 3)
         ax.set_xlabel("x")
+        ax.set_ylabel("y")
         ax.set_title(rf"$dJ/dx$ for $J = \frac{{1}}{{2}}(y - 2)^2$: {self.gradient:+.3f}")
         ax.legend(fontsize=8)
 
@@ -124,6 +126,8 @@ class SingularRemediesView(InteractiveFigure):
                         arrowprops=dict(arrowstyle="-|>", color=col, ls=ls, lw=1.8))
             ax.plot([], [], color=col, ls=ls, label=rf"{name}: $Dy\,e$")
         ax.set_aspect("equal")
+        ax.set_xlabel(r"$u_1$")
+        ax.set_ylabel(r"$u_2$")
         ax.set_xlim(-1.6, 3.2)
         ax.set_ylim(-1.6, 3.2)
         ax.legend(fontsize=8, loc="lower left")

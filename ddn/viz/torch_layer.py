@@ -71,6 +71,7 @@ class RobustFitExplorer(InteractiveFigure):
         (self.fit_line,) = ax.plot([], [], color="k", lw=2, label="robust fit")
         ax.set_ylim(self.t.min() - 0.3, self.t.max() + 0.3)
         ax.set_xlabel("s")
+        ax.set_ylabel("target t")
         ax.legend(loc="lower right", fontsize=8)
 
     def _draw(self):

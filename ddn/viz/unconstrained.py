@@ -57,6 +57,7 @@ class ImplicitTangent(InteractiveFigure):
         ax.plot(u, 0.5 * (u - x) ** 2 + lam * np.sqrt(1 + u * u), label=r"$f(x, u)$")
         ax.plot([y], [0.5 * (y - x) ** 2 + lam * np.sqrt(1 + y * y)], "ko", label=r"$y(x)$")
         ax.set_xlabel("u")
+        ax.set_ylabel(r"$f(x, u)$")
         ax.set_ylim(0, 12)
         ax.set_title(f"objective at x = {x:.2f}")
         ax.legend()
