@@ -348,3 +348,14 @@ def test_a_y_that_is_a_view_of_the_input_does_not_alias_it():
     x = torch.randn(2, 4, dtype=F64, requires_grad=True)
     (DeclarativeLayer(FirstThree())(x) * torch.arange(3.0, dtype=F64)).sum().backward()
     assert torch.equal(x.grad, torch.tensor([[0.0, 1, 2, 0]] * 2, dtype=F64))
+
+
+def test_check_gradient_options_a_torch_node_does_not_take_are_named():
+    """directions=k (a reference-floor option) and a misspelt option were TypeErrors from the
+    hand-off to check_gradient_torch."""
+    x = torch.randn(2, 3, dtype=F64)
+    with pytest.raises(DDNError, match="directions"):
+        check_gradient(Near(), x, directions=2)
+    with pytest.raises(DDNError, match=r"unknown options \['rtl'\]"):
+        check_gradient(Near(), x, rtl=1e-3)
+    assert check_gradient(Near(), x, linear_solver="cg").ok
