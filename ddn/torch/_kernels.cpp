@@ -565,9 +565,9 @@ static int proj_row(const T* x, T* y, int64_t n, T r, int p, int kind, T& aux) {
         if (!finite_bits(s2) || !finite_bits(m)) return 2;
         const T sr = std::sqrt(s2);
         nrm = m * sr;
-        if (!finite_bits(nrm) && !(kind == 1 && !(nrm > r))) {
-          // ‖x‖ itself overflows (finite x near the dtype's largest value): x·(r/‖x‖) would be
-          // 0; scale x/m by r/‖x/m‖ instead (aux = inf: the x-gradient r/‖x‖ rounds to 0)
+        if (kind == 0 || nrm > r) {
+          // y = (x/m)·(r/‖x/m‖), never forming r/‖x‖: ‖x‖ itself may overflow (x near the
+          // dtype's largest value: x·(r/‖x‖) was 0) or be subnormal (r/‖x‖ = inf: y was inf)
           aux = nrm;
           const T c = r / sr;
           for (int64_t i = 0; i < n; ++i) y[i] = (x[i] / m) * c;

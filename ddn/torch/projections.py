@@ -75,24 +75,24 @@ def _forward_eager(x, r, p, kind):
         nrm = torch.linalg.vector_norm(x, dim=-1)
         fi = torch.finfo(x.dtype)
         bad = ~torch.isfinite(nrm) | (nrm < (fi.tiny / fi.eps) ** 0.5)
-        huge = None
+        yb = None
         if bool(bad.any()):  # overflow or underflow of Σx²: rescale by max |x|
             m = x.abs().amax(-1, keepdim=True)
             xm = x / torch.where(m > 0, m, 1)
             sr = torch.linalg.vector_norm(xm, dim=-1)
             nrm = torch.where(bad, m.squeeze(-1) * sr, nrm)
-            huge = ~torch.isfinite(nrm)  # ‖x‖ itself overflows: x·(r/‖x‖) would be 0
-            if bool(huge.any()):  # scale x/m by r/‖x/m‖ instead (the x-gradient rounds to 0)
-                yh = xm * (r / torch.where(huge, sr, 1))[:, None]
-            else:
-                huge = None
+            # y = (x/m)·(r/‖x/m‖), never forming r/‖x‖: ‖x‖ itself may overflow (x near the
+            # dtype's largest value: x·(r/‖x‖) was 0) or be subnormal (r/‖x‖ = inf: y was inf)
+            yb = xm * (r / torch.where(sr > 0, sr, 1))[:, None]
         if kind == "ball":
             scale = torch.where(nrm > r, r / nrm, 1)
             y = x * scale[:, None]
-            return (y if huge is None else torch.where(huge[:, None], yh, y)), nrm
+            if yb is not None:
+                y = torch.where((bad & (nrm > r))[:, None], yb, y)
+            return y, nrm
         y = x * (r / nrm)[:, None]
-        if huge is not None:
-            y = torch.where(huge[:, None], yh, y)
+        if yb is not None:
+            y = torch.where(bad[:, None], yb, y)
         zero = nrm == 0
         if bool(zero.any()):
             y = torch.where(zero[:, None], rc / n ** 0.5, y)

@@ -220,3 +220,17 @@ def test_projection_radius_broadcasts_like_against_x(backend):
     x2 = torch.randn(4, 6, dtype=F64)
     r2 = torch.arange(1.0, 5.0, dtype=F64)
     torch.testing.assert_close(T.project_sphere(x2, 2, r2).norm(dim=-1), r2)
+
+
+@pytest.mark.parametrize("dtype,tiny", [(torch.float32, 1e-40), (torch.float64, 1e-310)])
+def test_l2_projection_of_subnormal_x(dtype, tiny, backend):
+    """x whose ‖x‖ is subnormal: r/‖x‖ overflowed to inf and project_sphere returned inf,
+    silently. Now (x/m)·(r/‖x/m‖), m = max|x|; the ball leaves such x alone, and a subnormal
+    radius is honoured too."""
+    x = torch.tensor([[3 * tiny, 4 * tiny], [-4 * tiny, 0.0]], dtype=dtype)
+    want = torch.tensor([[0.6, 0.8], [-1.0, 0.0]], dtype=dtype)
+    torch.testing.assert_close(T.project_sphere(x, 2, 1.0), want, rtol=1e-5, atol=0)
+    assert torch.equal(T.project_ball(x, 2, 1.0), x)
+    y = T.project_sphere(torch.tensor([[3.0, 4.0]], dtype=dtype), 2, 10 * tiny)
+    torch.testing.assert_close(y / tiny, torch.tensor([[6.0, 8.0]], dtype=F64).to(dtype),
+                               rtol=1e-4, atol=0)
