@@ -568,12 +568,10 @@ class EqConstrainedNode(DeclarativeNode):
         return None
 
     def _eq(self, x, y):
-        h = self.equality_constraints(x, y)
-        return anp.zeros(0) if h is None else anp.reshape(h, (-1,))
+        return _constraint_vector(self.equality_constraints(x, y))
 
     def _ineq(self, x, y):
-        g = self.inequality_constraints(x, y)
-        return anp.zeros(0) if g is None else anp.reshape(g, (-1,))
+        return _constraint_vector(self.inequality_constraints(x, y))
 
     def num_constraints(self, x, y):
         return int(np.size(self._eq(x, y))), int(np.size(self._ineq(x, y)))
@@ -963,6 +961,17 @@ def shortcut_gradient(node, x, y=None):
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+def _constraint_vector(h):
+    """Constraint values as a (k,) vector that autograd can trace. A list or tuple of traced
+    scalars ([h₁, h₂]) is stacked with anp: anp.reshape turned it into a plain array, the
+    derivative was silently 0, and the solver reported an ordinary problem as infeasible."""
+    if h is None:
+        return anp.zeros(0)
+    if isinstance(h, (list, tuple)):
+        return anp.concatenate([anp.reshape(hi, (-1,)) for hi in h]) if len(h) else anp.zeros(0)
+    return anp.reshape(h, (-1,))
+
+
 def _sign_feasible_multipliers(grad_f, A, p, lam):
     """At a non-regular point (rank A < rows, Sec. 4.7.3) λᵀA = D_Y f has many solutions and
     the minimum-norm one of Eq. 32 may give an active inequality λ > 0 although a KKT point has

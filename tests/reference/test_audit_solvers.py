@@ -292,3 +292,30 @@ def test_non_finite_hessian_is_named_not_an_svd_crash():
         node.jacobian(np.array([0.0, 800.0]))
     with pytest.raises(DDNError, match="NaN/Inf"):
         node.vjp(np.array([0.0, 800.0]), np.ones(2))
+
+
+class ListConstraints(R.IneqConstrainedNode):
+    """min ‖u − x‖² s.t. [‖u‖² − 1, u₀ − u₁] = 0 (a list), (u₂ − 0.5,) ≤ 0 (a tuple)."""
+
+    def objective(self, x, y):
+        return anp.sum((y - x) ** 2)
+
+    def equality_constraints(self, x, y):
+        return [anp.sum(y ** 2) - 1.0, y[0] - y[1]]
+
+    def inequality_constraints(self, x, y):
+        return (y[2] - 0.5,)
+
+    def initial_guess(self, x):  # the feasible set is non-convex: start near the global minimum
+        return np.full(3, 0.5)
+
+
+def test_constraints_returned_as_a_list_are_differentiated():
+    # anp.reshape of a list of traced scalars made a plain array: D_Y h was silently 0 and the
+    # solver said "no feasible point found" on a feasible problem
+    node, x = ListConstraints(3, 3), np.array([1.0, 2.0, 3.0])
+    y, _ = node.solve(x)
+    np.testing.assert_allclose(y, [np.sqrt(0.375), np.sqrt(0.375), 0.5], atol=1e-10)
+    np.testing.assert_allclose(node.active_jacobian(x, y, [0]),
+                               [[2 * y[0], 2 * y[1], 1.0], [1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert check_gradient(node, x).ok
