@@ -54,7 +54,7 @@ def _fd_jacobian(fun, xs, eps, side="central"):
 
 
 def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
-                         residual_tol=1e-6, seed=0, linear_solver=None):
+                         residual_tol=1e-6, seed=0, linear_solver=None, directions=None, **unknown):
     """Check a torch-floor node's implicit gradient against central finite differences (float64).
 
     Args:
@@ -67,6 +67,7 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
             s = max(1, ‖K (1 + |z|)‖_∞) the scale of the gradient's terms (``diagnose``).
         seed: for the random v of the vjp check.
         linear_solver: the solver whose vjp is checked (default: the node's).
+        directions: reference floor only (a DDNError here: every coordinate is differenced).
     Returns:
         ``ddn.check.GradientReport``; scalars are worst cases over the batch (``n_active`` and
         ``active_rank`` of the element with the largest rank deficit), ``details`` holds
@@ -74,6 +75,12 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
     """
     from .nodes import DeclarativeLayer
 
+    if directions is not None:
+        raise DDNError("check_gradient: directions=k (random directions) is for reference nodes; "
+                       "a torch node is differenced along every input coordinate, per batch "
+                       "element: check a small batch instead.")
+    if unknown:
+        raise DDNError(f"check_gradient: unknown options {sorted(unknown)} for a torch node.")
     Report = _report_cls()
     nan = float("nan")
     target = node_or_layer.node if isinstance(node_or_layer, DeclarativeLayer) else node_or_layer
