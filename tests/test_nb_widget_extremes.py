@@ -110,3 +110,26 @@ def test_widgets_draw_cleanly_at_their_slider_ends(name, settings):
     view = view_cls(np.array([0.3, -1.0, 2.0, 0.5])) if cls == "UnrollingExplorer" else view_cls()
     for _ in _sweep(view, settings):
         pass
+
+
+def test_singular_remedies_arrows_are_drawn_for_every_norm_and_angle():
+    from ddn.viz.singular import SingularRemediesView
+
+    view = SingularRemediesView()
+    settings = [dict(angle=0.6, norm=0.2, delta=0.001),     # |Dy e| = 1/||x|| = 5
+                dict(angle=-1.57, norm=3.0, delta=3.0),      # x points down, out of the old view
+                dict(angle=3.1, norm=3.0, delta=0.5)]
+    for v in _sweep(view, settings):
+        ax, k = view.ax_g, view.arrow_scale
+        x = v["norm"] * np.array([np.cos(v["angle"]), np.sin(v["angle"])])
+        e = np.array([-np.sin(v["angle"]), np.cos(v["angle"])])
+        assert _inside(ax, np.array([x])), v                # the x arrow is drawn
+        y = view.remedies["y"]
+        for name, ann in view.motion_arrows.items():
+            tip = np.asarray(ann.xy)
+            assert _inside(ax, tip[None]), (v, name)        # else matplotlib skips the arrow
+            assert np.allclose(tip - y, k * (view.remedies[name] @ e)), (v, name)
+        if k < 1:
+            assert f"{k:.2g}" in ax.get_title()
+    view.update(angle=0.6, norm=1.5, delta=0.5)
+    assert view.arrow_scale == 1.0                          # drawn true size when they fit

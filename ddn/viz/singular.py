@@ -114,24 +114,33 @@ class SingularRemediesView(InteractiveFigure):
         ax.clear()
         th = np.linspace(0, 2 * np.pi, 200)
         ax.plot(np.cos(th), np.sin(th), color="0.8", lw=1)
-        ax.plot([0, 3 * np.cos(a)], [0, 3 * np.sin(a)], "k:", lw=1,
+        # the view is centred and large enough to hold x in every direction; an annotation
+        # arrow whose head leaves the axes is not drawn at all, so the motions Dy e (length
+        # up to 1/||x||, e.g. 5 at ||x|| = 0.2) are drawn times k <= 1 to stay inside
+        lim = max(2.0, 1.2 * nx)
+        ax.plot([0, lim * np.cos(a)], [0, lim * np.sin(a)], "k:", lw=1,
                 label=r"all minimisers $\beta x$")
         ax.annotate("", xy=x, xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color="0.4"))
-        ax.text(*(1.05 * x), "x", color="0.4")
+        ax.text(*(x + 0.08 * lim * x / nx), "x", color="0.4", clip_on=True)
         ax.plot(*y, "ko")
-        for (name, col, ls) in (("pinv", "C0", "-"), ("normalised", "C2", "--"),
-                                ("proximal", "C3", "-")):
-            d = r[name] @ e
-            ax.annotate("", xy=y + d, xytext=y,
-                        arrowprops=dict(arrowstyle="-|>", color=col, ls=ls, lw=1.8))
+        names = ("pinv", "normalised", "proximal")
+        longest = max(np.linalg.norm(r[name] @ e) for name in names)
+        k = min(1.0, 0.9 * (lim - 1.0) / max(longest, 1e-300))
+        self.arrow_scale = k
+        self.motion_arrows = {}
+        for (name, col, ls) in zip(names, ("C0", "C2", "C3"), ("-", "--", "-")):
+            d = k * (r[name] @ e)
+            self.motion_arrows[name] = ax.annotate(
+                "", xy=y + d, xytext=y, arrowprops=dict(arrowstyle="-|>", color=col, ls=ls, lw=1.8))
             ax.plot([], [], color=col, ls=ls, label=rf"{name}: $Dy\,e$")
         ax.set_aspect("equal")
         ax.set_xlabel(r"$u_1$")
         ax.set_ylabel(r"$u_2$")
-        ax.set_xlim(-1.6, 3.2)
-        ax.set_ylim(-1.6, 3.2)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
         ax.legend(fontsize=8, loc="lower left")
-        ax.set_title(r"motion of $y$ for a unit push of $x$ sideways")
+        ax.set_title(r"motion of $y$ for a unit push of $x$ sideways"
+                     + ("" if k == 1.0 else rf" ($\times{k:.2g}$)"))
         ax = self.ax_e
         ax.clear()
         ds = np.logspace(-4, 1, 60)
