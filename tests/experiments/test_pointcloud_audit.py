@@ -1,6 +1,5 @@
 """Audit regressions for the point-cloud experiment: malformed ModelNet40 HDF5 files, settings
 checked before training, the command line's errors, the outlier-rate warning."""
-import os
 import subprocess
 import sys
 
@@ -99,19 +98,17 @@ def test_cli_bad_arguments_are_usage_errors(tmp_path, capsys, args, msg):
     assert "error:" in err and __import__("re").search(msg, err)
 
 
-def test_cli_device_cuda_without_cuda_and_missing_data(tmp_path):
-    env = dict(os.environ, DDN_SMOKE="1")
-    base = [sys.executable, "-m", "ddn.experiments.pointcloud", "--no-progress",
-            "--results", str(tmp_path / "r.csv")]
+def test_cli_device_cuda_without_cuda_and_missing_data(tmp_path, capsys):
+    base = ["--preset", "smoke", "--no-progress", "--results", str(tmp_path / "r.csv")]
     if not torch.cuda.is_available():
-        r = subprocess.run(base + ["--device", "cuda"], env=env, capture_output=True, text=True,
-                           timeout=120)
-        assert r.returncode == 2 and "CUDA is not available" in r.stderr
-        assert "Traceback" not in r.stderr
-    r = subprocess.run(base + ["--data", "modelnet40", "--data-root", str(tmp_path / "none"),
-                               "--device", "cpu"], env=env, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 1 and "--data-root" in r.stderr and "Traceback" not in r.stderr
+        with pytest.raises(SystemExit) as e:
+            pc.main(base + ["--device", "cuda"])
+        assert e.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+    # a run-time error (no data): one line and exit status 1, not a traceback
+    assert pc.main(base + ["--data", "modelnet40", "--data-root", str(tmp_path / "none"),
+                           "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("python -m ddn.experiments.pointcloud: error:") and "--data-root" in err
 
 
 def test_cli_table_is_of_the_requested_data(tmp_path, capsys):
@@ -172,3 +169,11 @@ pc.train_model(cfg, "max", 50, pc.load_data(cfg), "cpu", {str(tmp_path / "b")!r}
     assert n == 3 and not lock.exists()
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_table_ii_alone_trains_no_unused_clean_model(tmp_path):
+    # settings II at rate 50 only: the clean model was trained anyway and never evaluated
+    cfg = pc.preset("smoke", poolings=["max"], rates=[50], settings=["II"], epochs=1)
+    rows = pc.run_experiment(cfg, "cpu", tmp_path / "r.csv", tmp_path / "ck", show_progress=False)
+    assert [(r["setting"], r["train_outlier_pct"]) for r in rows] == [("II", 50)]
+    assert [p.name.split("-")[2] for p in (tmp_path / "ck").glob("*.pt")] == ["out50"]
