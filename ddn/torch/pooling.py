@@ -411,8 +411,8 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
     else:
         _check_alpha_float(float(alpha))
         a_rows = torch.full((B,), float(alpha), dtype=x.dtype, device=x.device)
-    if B == 0:
-        y = x2.sum(-1)
+    if B == 0:  # empty batch: still in alpha's graph (a zero gradient), as torch layers are
+        y = x2.sum(-1) + 0 * a_rows
     else:
         use_kernel = _kernels.usable(x2)
         if not use_kernel:  # the kernel checks its input itself while it reads it

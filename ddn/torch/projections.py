@@ -242,7 +242,10 @@ def _project(x, p, radius, dim, kind, masked):
     use_kernel = _kernels.usable(x2)
     if not use_kernel and not bool(torch.isfinite(x2).all()):
         raise DDNError("x contains NaN or Inf; remove or mask the non-finite values first")
-    y = _ProjectFn.apply(x2, r, p, kind, masked, use_kernel) if B else x2.clone()
+    if B:
+        y = _ProjectFn.apply(x2, r, p, kind, masked, use_kernel)
+    else:  # empty batch: still in radius's graph (a zero gradient), as torch layers are
+        y = x2.clone() + 0 * r[:, None]
     return y.reshape(out_shape).movedim(-1, dim)
 
 

@@ -234,3 +234,25 @@ def test_l2_projection_of_subnormal_x(dtype, tiny, backend):
     y = T.project_sphere(torch.tensor([[3.0, 4.0]], dtype=dtype), 2, 10 * tiny)
     torch.testing.assert_close(y / tiny, torch.tensor([[6.0, 8.0]], dtype=F64).to(dtype),
                                rtol=1e-4, atol=0)
+
+
+# ----------------------------------------------------------------------------- empty batches
+def test_empty_batch_with_a_learnable_alpha_or_radius_backpropagates(backend):
+    """An empty batch through a module with a learnable α / radius returned a tensor outside the
+    parameter's graph, so loss.backward() raised 'element 0 of tensors does not require grad'
+    (torch layers, e.g. nn.Linear, return a graph and a zero gradient there)."""
+    x = torch.randn(0, 3, 8, dtype=F64)
+    mods = [T.RobustPool("welsch", learn_alpha=True), T.SphereProjection(2, learn_radius=True),
+            T.BallProjection(1, learn_radius=True), T.SimplexProjection(learn_radius=True)]
+    for m in mods:
+        m = m.to(F64)
+        y = m(x)
+        assert y.shape == ((0, 3) if isinstance(m, T.RobustPool) else (0, 3, 8))
+        y.sum().backward()
+        (prm,) = list(m.parameters())
+        assert prm.grad is not None and torch.all(prm.grad == 0)
+    # x's gradient on an empty batch is empty, alpha-only gradients work too
+    xg = torch.randn(0, 5, dtype=F64, requires_grad=True)
+    a = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    gx, ga = torch.autograd.grad(T.robust_pool(xg, "huber", a).sum(), (xg, a))
+    assert gx.shape == (0, 5) and ga.item() == 0
