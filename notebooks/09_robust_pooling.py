@@ -150,6 +150,7 @@ assert report.ok
 
 # %%
 b, n = (4, 15) if is_smoke() else (64, 200)
+torch.manual_seed(0)
 X = torch.randn(b, n, dtype=torch.float64)
 X[:, : n // 5] += 5.0                        # a fifth of each row is outliers
 X.requires_grad_(True)

@@ -88,6 +88,7 @@ assert np.allclose(ref.project_sphere(x, float("inf")), np.clip(x, -1, 1))   # l
 # large one. In torch the same operations are batched along a dimension:
 
 # %%
+torch.manual_seed(0)
 X = torch.randn(5, 4, dtype=torch.float64)
 for p in P_VALUES:
     Y = dt.project_sphere(X, p=p, radius=1.0, dim=-1)
