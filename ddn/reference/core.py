@@ -866,8 +866,8 @@ class ComposedNode:
     def __init__(self, *nodes):
         if not nodes:
             raise DDNError("ComposedNode needs at least one node.")
-        for a, b in zip(nodes, nodes[1:]):
-            if a.m != b.n:
+        for a, b in zip(nodes, nodes[1:]):  # n or m None: any size (pooling, projections)
+            if a.m is not None and b.n is not None and a.m != b.n:
                 raise DDNError(f"cannot compose {a!r} -> {b!r}: output size {a.m} != input "
                                f"size {b.n}.")
         self.nodes = nodes

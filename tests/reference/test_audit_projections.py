@@ -69,3 +69,18 @@ def test_pooling_and_projection_nodes_check_v_and_y():
             node.jacobian(x, np.ones(2))
         with pytest.raises(DDNError, match="v must have the shape"):
             node.vjp(x, np.ones(4))
+
+
+def test_compose_a_layer_with_pooling_and_projections():
+    # RobustPoolNode and the projection nodes take any input size (n = None); ComposedNode
+    # compared m = 5 with n = None and refused "cannot compose" the paper's layer → pool chain
+    W = np.random.default_rng(0).standard_normal((5, 3))
+    layer = R.ImperativeNode(lambda x: anp.tanh(anp.dot(W, x)), 3, 5)
+    x = np.array([0.3, -0.2, 0.5])
+    for tail in [(R.RobustPoolNode("pseudo-huber"),),
+                 (R.SphereProjectionNode(1), R.SimplexProjectionNode())]:
+        chain = R.ComposedNode(layer, *tail)
+        rep = check_gradient(chain, x)
+        assert rep.ok, rep
+    with pytest.raises(DDNError, match="cannot compose"):
+        R.ComposedNode(layer, R.ImperativeNode(anp.tanh, 4, 4))
