@@ -614,7 +614,10 @@ def run_experiment(cfg: ImageConfig | None = None, device=None, results_csv=None
         v = variant_name(*parse_variant(v))
         t0 = time.time()
         model, _ = train_model(cfg, v, data, device, checkpoint_dir, show_progress)
-        m = evaluate(model, data[1], device=device, num_workers=cfg.num_workers)
+        try:
+            m = evaluate(model, data[1], device=device, num_workers=cfg.num_workers)
+        except DDNError as e:                 # say which model
+            raise DDNError(f"evaluating {v}: {e}") from e
         kind, p = parse_variant(v)
         row = dict(preset=cfg.preset, data=cfg.data, seed=cfg.seed, variant=v,
                    projection=kind or "none", p="" if p is None else ("inf" if p == math.inf else f"{p:g}"),

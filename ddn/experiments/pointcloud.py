@@ -345,7 +345,11 @@ def load_modelnet40(root, split: str = "train", npoints: int | None = None):
                 raise DDNError(f"{f} holds {d.shape[1]} points per cloud but npoints={npoints} "
                                f"were asked for; use npoints <= {d.shape[1]}")
             x = np.asarray(d[:, :npoints], dtype=np.float32)
-            y = np.asarray(lab, dtype=np.int64).reshape(-1)
+            y = np.asarray(lab[()]).reshape(-1)
+        if y.dtype.kind not in "iub" and not np.array_equal(y, np.round(y)):
+            raise DDNError(f"{f}: labels must be integer class indices; got {y.dtype} values "
+                           f"such as {y[y != np.round(y)][:3].tolist()}")   # not truncated
+        y = y.astype(np.int64)
         if len(y) != len(x):
             raise DDNError(f"{f}: {len(x)} clouds but {len(y)} labels")
         if not np.isfinite(x).all():
@@ -569,7 +573,11 @@ def run_experiment(cfg: PointCloudConfig | None = None, device=None, results_csv
                 tests += [("III", r) for r in (cfg.iii_rates or cfg.rates)]
             new = []
             for setting, te in tests:
-                m = evaluate(model, data[2], data[3], te, cfg.seed, device=device)
+                try:
+                    m = evaluate(model, data[2], data[3], te, cfg.seed, device=device)
+                except DDNError as e:         # say which model and test set
+                    raise DDNError(f"{pooling} pooling trained with {tr:g} % outliers, tested "
+                                   f"with {te:g} %: {e}") from e
                 new.append(dict(preset=cfg.preset, data=cfg.data, seed=cfg.seed, setting=setting,
                                 pooling=pooling, train_outlier_pct=tr, test_outlier_pct=te,
                                 top1=round(m["top1"], 2), map=round(m["map"], 2),

@@ -177,3 +177,21 @@ def test_table_ii_alone_trains_no_unused_clean_model(tmp_path):
     rows = pc.run_experiment(cfg, "cpu", tmp_path / "r.csv", tmp_path / "ck", show_progress=False)
     assert [(r["setting"], r["train_outlier_pct"]) for r in rows] == [("II", 50)]
     assert [p.name.split("-")[2] for p in (tmp_path / "ck").glob("*.pt")] == ["out50"]
+
+
+def test_modelnet_fractional_labels_are_not_truncated(tmp_path):
+    _h5(tmp_path / "ply_data_train0.h5", label=np.array([[0.0], [1.0], [2.5], [3.0]]))
+    with pytest.raises(DDNError, match="integer class indices"):      # 2.5 became 2 silently
+        pc.load_modelnet40(tmp_path, "train", 50)
+    _h5(tmp_path / "ply_data_train0.h5", label=np.array([[0.0], [1.0], [2.0], [3.0]]))
+    assert pc.load_modelnet40(tmp_path, "train", 50)[1].tolist() == [0, 1, 2, 3]
+
+
+def test_nan_scores_at_evaluation_name_the_model(tmp_path):
+    cfg = pc.preset("smoke", poolings=["max"], rates=[0], settings=["III"], epochs=1)
+    xtr, ytr, xte, yte, names = pc.load_data(cfg)
+    xte = xte.clone()
+    xte[0, 0, 0] = float("nan")                         # a broken test cloud
+    with pytest.raises(DDNError, match=r"max pooling trained with 0 % outliers.*NaN"):
+        pc.run_experiment(cfg, "cpu", tmp_path / "r.csv", tmp_path / "ck", show_progress=False,
+                          data=(xtr, ytr, xte, yte, names))
