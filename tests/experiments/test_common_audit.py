@@ -128,3 +128,14 @@ def test_editing_a_config_does_not_edit_the_preset():
     c.scales[2.0] = 99.0
     c.variants.clear()
     assert im.preset("paper").scales[2.0] == 15.0 and len(im.preset("paper").variants) == 7
+
+
+def test_top2_by_hand_without_ties():
+    # test_topk_by_hand checks k = 3 = C only (always 1.0); here k = 2 with no ties:
+    # top-2 sets {1,2}, {0,2}, {0,1}, {1,2}; labels 0, 2, 1, 0 -> hits at samples 1 and 2;
+    # top-1 1, 0, 1, 1 -> a hit at sample 2 only
+    s = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.1, 0.4], [0.3, 0.6, 0.1], [0.05, 0.5, 0.45]])
+    y = torch.tensor([0, 2, 1, 0])
+    assert topk_accuracy(s, y, 2) == 0.5
+    assert topk_accuracy(s, y, 1) == 0.25
+    assert topk_accuracy(s, y, 7) == 1.0                 # k > C: every label is in the top C
