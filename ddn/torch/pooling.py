@@ -459,14 +459,18 @@ def _rows_of(a, pooled_shape, dim, B, name, keepdim=False):
 
 
 def _check_values_eager(x2, a):
-    if not bool(torch.isfinite(x2).all()):
-        raise DDNError("x contains NaN or Inf; robust pooling is undefined there — remove or mask "
-                       "the non-finite values first")
-    lo, hi = x2.aminmax(dim=-1)
-    if not bool((torch.isfinite(x2.sum(-1)) & torch.isfinite(hi - lo)).all()):
-        raise DDNError(_kernels.HUGE_X)  # as the kernel: the mean or y − x_i would overflow
+    # one test for the rare cases: a non-finite Σx (NaN/Inf in x, or a sum that overflows) or
+    # max|x| above half the dtype's largest value (then max x − min x may overflow)
+    am = x2.abs().amax(-1)
+    rare = ~torch.isfinite(x2.sum(-1)) | (am > torch.finfo(x2.dtype).max / 2)
+    if bool(rare.any()):
+        if not bool(torch.isfinite(x2).all()):
+            raise DDNError("x contains NaN or Inf; robust pooling is undefined there — remove or "
+                           "mask the non-finite values first")
+        if not bool((torch.isfinite(x2.sum(-1)) & torch.isfinite(x2.amax(-1) - x2.amin(-1))).all()):
+            raise DDNError(_kernels.HUGE_X)  # as the kernel: the mean or y − x_i would overflow
     big = torch.finfo(x2.dtype).max ** 0.5 / 8
-    if bool((torch.maximum(hi.abs(), lo.abs()) / a > big).any()):
+    if bool((am / a > big).any()):
         raise DDNError("|x|/alpha is so large that (x/alpha)² overflows the dtype; rescale x or "
                        "raise alpha")
 
