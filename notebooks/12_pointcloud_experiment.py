@@ -96,7 +96,9 @@ fig
 # both on a feature map whose channels hold 90 inlier values near 0 and 10 outliers near 5.
 
 # %%
-print("PointNet (full width):", sum(p.numel() for p in pc.PointNet(40).parameters()), "parameters")
+n_params = sum(p.numel() for p in pc.PointNet(40).parameters())
+print("PointNet (full width):", n_params, "parameters")
+assert 0.75e6 < n_params < 0.85e6                             # the paper's ≈0.8M
 
 gen = torch.Generator().manual_seed(1)
 inl = 0.3 * torch.randn(2, 16, 90, generator=gen, dtype=torch.float64)
