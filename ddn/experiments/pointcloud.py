@@ -316,6 +316,8 @@ def load_modelnet40(root, split: str = "train", npoints: int | None = None):
     """
     import h5py
     import numpy as np
+    if split not in ("train", "test"):
+        raise DDNError(f"ModelNet40 has the splits 'train' and 'test'; got {split!r}")
     root = Path(root) if root else None
     if root is None or not root.is_dir():
         raise DDNError(MODELNET_HELP.format(root=str(root)))

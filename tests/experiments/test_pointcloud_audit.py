@@ -195,3 +195,9 @@ def test_nan_scores_at_evaluation_name_the_model(tmp_path):
     with pytest.raises(DDNError, match=r"max pooling trained with 0 % outliers.*NaN"):
         pc.run_experiment(cfg, "cpu", tmp_path / "r.csv", tmp_path / "ck", show_progress=False,
                           data=(xtr, ytr, xte, yte, names))
+
+
+def test_modelnet_unknown_split(tmp_path):
+    _h5(tmp_path / "ply_data_train0.h5")
+    with pytest.raises(DDNError, match="splits 'train' and 'test'"):   # was "not found, download"
+        pc.load_modelnet40(tmp_path, "val", 50)
