@@ -43,14 +43,17 @@ def default_tol(dtype, f64, f32):
 
 
 def gradient_scale(Ku):
-    """Scale of the terms that cancel in ``∇_z ℒ = 0``, per element: ``s = max(1, ‖K u‖_∞)`` with
+    """Scale of the terms that cancel in ``∇_z ℒ = 0``, per element: ``s = ‖K u‖_∞`` with
     ``u = 1 + |z|`` (the caller forms ``K u``, ``K = ∇²_zz ℒ``). For a quadratic
     ``½zᵀKz − bᵀz`` at its minimum ``K z = b``, so ``s ≈ ‖K‖·(1 + ‖z‖)`` is the size of the gradient's
     terms, and round-off in ``∇_z ℒ`` is about ``eps · s``. Convergence and residual tests compare
     ``‖∇_z ℒ‖ ≤ tol · s``: multiplying the objective by ``c`` multiplies both sides by ``c``
-    (scale-invariant for ``c ≥ 1``), while ``s ≥ 1`` keeps the absolute test for small objectives.
-    ``‖∇_z ℒ‖ / s`` is then about the relative distance of ``z`` from the solution."""
-    s = Ku.detach().abs().amax(-1).clamp_min(1.0)
+    (scale-invariant for every ``c > 0``). ``‖∇_z ℒ‖ / s`` is then about the relative distance of
+    ``z`` from the solution. There is no floor at 1: with one, an objective scaled by 10⁻⁶ in
+    float32 (tol 10⁻⁵) stopped at its initial guess as 'converged', y wrong by O(1); ``s`` is only
+    kept above the square root of the dtype's tiny (``K = 0``: a linear objective)."""
+    s = Ku.detach().abs().amax(-1)
+    s = s.clamp_min(torch.finfo(s.dtype).tiny ** 0.5)
     return torch.where(torch.isfinite(s), s, torch.ones_like(s))  # NaN/Inf: the absolute test
 
 
@@ -136,7 +139,7 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
             indefinite ``K`` is then reported.
         on_degenerate: ``"warn"`` (DDNWarning) or ``"error"`` (DDNError).
         residual_tol: report elements with ``‖∇_z ℒ‖ > residual_tol · s`` (default 1e-6 / 1e-3 by
-            dtype), ``s = max(1, ‖K (1 + |z|)‖_∞)`` the size of the gradient's terms (see
+            dtype), ``s = ‖K (1 + |z|)‖_∞`` the size of the gradient's terms (see
             :func:`gradient_scale`): an objective multiplied by 10⁴ is judged as the original.
         create_graph: keep the graph of the result (double-backward); ``xs`` and ``z`` must then be
             the graph's tensors.
@@ -264,7 +267,7 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
                        bad, "Remedy: raise max_iter or tol, use linear_solver='dense', or opt in "
                        "to singular='proximal'.", on_degenerate)
 
-        # scale of the gradient's terms, s = max(1, ‖K (1 + |z|)‖_∞): the residual test is relative
+        # scale of the gradient's terms, s = ‖K (1 + |z|)‖_∞: the residual test is relative
         u = 1 + z.detach().abs()
         if "K" in info:
             Ku = (info["K"] @ u.unsqueeze(-1)).squeeze(-1)

@@ -55,7 +55,7 @@ def _shifted_cholesky(H):
 
 
 def _scale(K, z):
-    """``max(1, ‖K (1 + |z|)‖_∞)`` per element: the size of the gradient's terms (gradient_scale)."""
+    """``‖K (1 + |z|)‖_∞`` per element: the size of the gradient's terms (gradient_scale)."""
     Kd = K.detach()
     return gradient_scale((Kd @ (1 + z.detach().abs()).unsqueeze(-1)).squeeze(-1))
 
@@ -110,7 +110,7 @@ def newton(fn, y0, *, tol, max_iter, differentiable=False, max_backtrack=40, sca
     """Minimise ``fn(y) -> (b,)`` over ``y`` (b, m) from ``y0``.
 
     Returns ``(y, info)``, ``info = {"converged": (b,) bool, "iterations": int, "grad_norm": (b,),
-    "scale": (b,)}``; converged means ``‖∇f‖ ≤ tol · s`` with ``s = max(1, ‖H (1 + |y|)‖_∞)``,
+    "scale": (b,)}``; converged means ``‖∇f‖ ≤ tol · s`` with ``s = ‖H (1 + |y|)‖_∞``,
     ``H = D²_YY f`` (see ``_implicit.gradient_scale``): relative to the size of the gradient's terms,
     so an objective multiplied by 10⁴ converges at the same iterate (an absolute test would ask
     float32 for a gradient below its round-off). ``scale`` (b,) fixes ``s`` instead (the
@@ -125,7 +125,7 @@ def newton(fn, y0, *, tol, max_iter, differentiable=False, max_backtrack=40, sca
     for it in range(max_iter + 1):
         f, g, H = _grad_and_hessian(fn, y, differentiable)
         gn = g.detach().norm(dim=-1)
-        sc = _scale(H, y) if scale is None else scale  # s = max(1, ‖H (1 + |y|)‖_∞)
+        sc = _scale(H, y) if scale is None else scale  # s = ‖H (1 + |y|)‖_∞
         conv = gn <= tol * sc
         if it < max_iter:
             esc = _escape_saddles(fn, y.detach(), f.detach(), H.detach(), conv)
@@ -189,7 +189,7 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
     """Solve ``∇_z ℒ(z) = 0`` (``lagr(z) -> (b,)``) by Newton's method on the (symmetric, indefinite)
     KKT matrix ``K = ∇²_zz ℒ`` with a backtracking line search on ``‖∇ℒ‖``.
 
-    Returns ``(z, info)`` with ``converged`` (``‖∇ℒ‖ ≤ tol · s``, ``s = max(1, ‖K (1 + |z|)‖_∞)``, the
+    Returns ``(z, info)`` with ``converged`` (``‖∇ℒ‖ ≤ tol · s``, ``s = ‖K (1 + |z|)‖_∞``, the
     size of the gradient's terms, as in :func:`newton`), ``iterations``, ``grad_norm``, ``scale``,
     ``stalled`` (unconverged elements whose line search found no decrease at some iteration: the
     Newton direction was useless there, e.g. a singular KKT matrix — not merely out of iterations),
@@ -211,7 +211,7 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
     for it in range(max_iter + 1):
         _, g, K = _grad_and_hessian(lagr, z, differentiable)
         gn = g.detach().norm(dim=-1)
-        sc = _scale(K, z)  # s = max(1, ‖K (1 + |z|)‖_∞)
+        sc = _scale(K, z)  # s = ‖K (1 + |z|)‖_∞
         conv = gn <= tol * sc
         if bool(conv.all()) or it == max_iter:
             if differentiable and z.requires_grad:
@@ -280,8 +280,10 @@ def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40
             return val
 
         # the inner test is relative to the scale of f's gradient terms, not of the penalty ρ‖h‖²
-        _, _, Hf = _grad_and_hessian(f, y, False)
-        y, ninfo = newton(aug, y, tol=tol, max_iter=max_iter, scale=_scale(Hf, y))
+        # (at a constrained solution ∇f = Aᵀλ ≠ 0 is one of those terms: a linear f has D²f = 0)
+        _, gf, Hf = _grad_and_hessian(f, y, False)
+        sf = torch.maximum(_scale(Hf, y), gf.abs().amax(-1))
+        y, ninfo = newton(aug, y, tol=tol, max_iter=max_iter, scale=sf)
         inner_ok = ninfo["converged"]
         with torch.no_grad():
             viol = y.new_zeros(b)

@@ -64,7 +64,7 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
         eps: finite-difference step (scaled by max(1, |x_j|)).
         rtol, atol: pass when max |Dy − Dy_fd| ≤ atol or ≤ rtol · max |Dy_fd| (over the batch).
         residual_tol: largest optimality residual accepted, relative: ‖∇ℒ‖ ≤ residual_tol · s with
-            s = max(1, ‖K (1 + |z|)‖_∞) the scale of the gradient's terms (``diagnose``).
+            s = ‖K (1 + |z|)‖_∞ the scale of the gradient's terms (``diagnose``).
         seed: for the random v of the vjp check.
         linear_solver: the solver whose vjp is checked (default: the node's).
         directions: reference floor only (a DDNError here: every coordinate is differenced).

@@ -79,7 +79,7 @@ class DeclarativeNode:
         proximal_delta: δ of ``H + δI`` for ``singular="proximal"``.
         on_degenerate: ``"warn"`` (DDNWarning) or ``"error"`` (DDNError).
         residual_tol: the gradient is reported where the optimality residual ‖∇ℒ‖ exceeds
-            ``residual_tol · s`` (1e-6 / 1e-3 by dtype), ``s = max(1, ‖K (1 + |z|)‖_∞)`` the size of
+            ``residual_tol · s`` (1e-6 / 1e-3 by dtype), ``s = ‖K (1 + |z|)‖_∞`` the size of
             the gradient's terms (``K = ∇²ℒ``, ``z = y`` or ``(y, λ)``): scale-aware, so the
             objective multiplied by 10⁴ gives the same verdict.
         active_tol: an inequality is active when ``g > −active_tol`` (1e-6 / 1e-3 by dtype); also the
@@ -398,7 +398,9 @@ class DeclarativeNode:
                 lam = torch.where(badlam.unsqueeze(-1), lam_ls * maskf, lam)
         else:
             lam = lam_ls * maskf
-        scale = eps_scale * gf.detach().norm(dim=-1).clamp_min(1.0)
+        # relative to ‖∇_Y f‖ (the size of λᵀA), no floor at 1: an objective scaled by 10⁻⁴ has
+        # multipliers of 10⁻⁴ that are not weakly active
+        scale = eps_scale * gf.detach().norm(dim=-1).clamp_min(torch.finfo(yf.dtype).tiny ** 0.5)
         weak = []
         if q:
             li = lam.detach()[:, p:]

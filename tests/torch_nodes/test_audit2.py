@@ -359,3 +359,49 @@ def test_check_gradient_options_a_torch_node_does_not_take_are_named():
     with pytest.raises(DDNError, match=r"unknown options \['rtl'\]"):
         check_gradient(Near(), x, rtl=1e-3)
     assert check_gradient(Near(), x, linear_solver="cg").ok
+
+
+class SmallQuartic(DeclarativeNode):
+    """f = c·(½‖y − x‖² + 0.1 Σ y⁴): the same minimiser for every c > 0."""
+
+    def __init__(self, c, **kw):
+        super().__init__(3, **kw)
+        self.c = c
+
+    def objective(self, x, y):
+        return self.c * (0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1))
+
+
+class SmallBall(IneqConstrainedNode):
+    """The same objective s.t. ‖y‖² ≤ 1 (its multiplier scales with c)."""
+
+    def __init__(self, c, **kw):
+        super().__init__(3, **kw)
+        self.c = c
+
+    objective = SmallQuartic.objective
+
+    def inequality_constraints(self, x, y):
+        return (y * y).sum(-1) - 1
+
+
+@pytest.mark.parametrize("c", [1e-4, 1e-6])
+def test_an_objective_scaled_down_is_solved_as_accurately(c):
+    """The convergence scale s = max(1, ‖H(1 + |y|)‖) made the test absolute for small objectives:
+    in float32 (tol 1e-5) f·1e-6 stopped at its initial guess y = 0 as 'converged' (y wrong by
+    1.8) and f·1e-4 was wrong by 0.04, silently; the active ball constraint's multiplier (~c)
+    was called 'weakly active' (an absolute threshold too)."""
+    x = torch.randn(6, 3, dtype=F64, generator=torch.Generator().manual_seed(2)) * 1.2
+    y_ref, _ = SmallQuartic(1.0)._solve_detached((x,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DDNWarning)
+        y32, ctx = SmallQuartic(c)._solve_detached((x.float(),))
+        assert bool(ctx["converged"].all())
+        assert (y32.double() - y_ref).abs().max() < 1e-4
+        # float64 with a constraint: the multiplier checks are relative to ‖∇f‖ too
+        yb_ref, _ = SmallBall(1.0)._solve_detached((x,))
+        yb, _ = SmallBall(c)._solve_detached((x,))
+        assert (yb - yb_ref).abs().max() < 1e-9
+        xr = x.clone().requires_grad_()
+        DeclarativeLayer(SmallBall(c))(xr).sum().backward()
+        assert torch.allclose(xr.grad, SmallBall(1.0).jacobian(x).sum(1), atol=1e-7)
