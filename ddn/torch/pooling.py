@@ -490,7 +490,11 @@ class RobustPool(torch.nn.Module):
         if penalty not in PENALTIES:
             raise DDNError(f"unknown penalty {penalty!r}; choose one of {PENALTIES}")
         self.penalty, self.dim, self.keepdim = penalty, dim, keepdim
-        a = torch.as_tensor(alpha, dtype=torch.get_default_dtype())
+        # a floating tensor keeps its dtype (a float64 alpha was rounded to float32, which
+        # .to(float64) cannot undo); numbers and integer tensors take the default dtype
+        a = torch.as_tensor(alpha)
+        if not a.is_floating_point():
+            a = a.to(torch.get_default_dtype())
         if not bool(torch.isfinite(a).all() & (a > 0).all()):
             raise DDNError("alpha must be finite and positive")
         if learn_alpha:

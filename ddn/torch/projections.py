@@ -286,7 +286,11 @@ class _Projection(torch.nn.Module):
         if p not in (1, 2, INF):
             raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}")
         self.p, self.dim, self.masked = p, dim, masked
-        r = torch.as_tensor(radius, dtype=torch.get_default_dtype())
+        # a floating tensor keeps its dtype (a float64 radius was rounded to float32, which
+        # .to(float64) cannot undo); numbers and integer tensors take the default dtype
+        r = torch.as_tensor(radius)
+        if not r.is_floating_point():
+            r = r.to(torch.get_default_dtype())
         if not bool(torch.isfinite(r).all() & (r > 0).all()):
             raise DDNError("radius must be finite and positive")
         if learn_radius:

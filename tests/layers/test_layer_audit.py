@@ -256,3 +256,24 @@ def test_empty_batch_with_a_learnable_alpha_or_radius_backpropagates(backend):
     a = torch.tensor(0.7, dtype=F64, requires_grad=True)
     gx, ga = torch.autograd.grad(T.robust_pool(xg, "huber", a).sum(), (xg, a))
     assert gx.shape == (0, 5) and ga.item() == 0
+
+
+# ----------------------------------------------------------------------------- modules
+def test_modules_keep_a_float64_alpha_or_radius_exactly(backend):
+    """A float64 tensor α / radius given to a module was stored in the default dtype (float32),
+    so a float64 model pooled with α = 0.30000001192… instead of 0.3 (and .to(float64) cannot
+    undo the rounding); the module then disagreed with the functional form."""
+    x = torch.randn(4, 3, 9, dtype=F64, generator=torch.Generator().manual_seed(3))
+    a = torch.tensor([0.3, 0.7, 1.1], dtype=F64)
+    r = torch.tensor([[0.3], [0.7], [1.1]], dtype=F64)
+    for learn in (False, True):
+        m = T.RobustPool("welsch", alpha=a, learn_alpha=learn).to(F64)
+        want = T.robust_pool(x, "welsch", a)
+        torch.testing.assert_close(m(x), want, rtol=0, atol=1e-15 if learn else 0)
+        s = T.SphereProjection(1, radius=r, learn_radius=learn).to(F64)
+        torch.testing.assert_close(s(x), T.project_sphere(x, 1, r), rtol=0,
+                                   atol=1e-15 if learn else 0)
+    # numbers keep the default dtype, and modules still follow .to()
+    assert T.RobustPool("huber", alpha=0.5).alpha.dtype == torch.get_default_dtype()
+    assert T.BallProjection(2, radius=2).radius.dtype == torch.get_default_dtype()
+    assert T.RobustPool("huber", alpha=a).float().alpha.dtype == torch.float32
