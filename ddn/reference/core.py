@@ -776,7 +776,12 @@ class FixedEqConstrainedNode(EqConstrainedNode):
         raise NotImplementedError(f"{type(self).__name__} must implement constraint(y)")
 
     def equality_constraints(self, x, y):
-        return anp.reshape(self.constraint(y), (-1,))
+        h = anp.reshape(self.constraint(y), (-1,))
+        if h.shape[0] != 1:  # checked here, so that solve, jacobian and vjp all say it
+            raise DDNError(f"{type(self).__name__}.constraint(y) must return one scalar (Cor. "
+                           f"4.7), got {h.shape[0]} values: use EqConstrainedNode for several "
+                           "constraints, each separate (never merged into Σh_i² = 0).")
+        return h
 
     def _jacobian_rule(self, opt):
         if opt.A.shape[0] != 1:

@@ -319,3 +319,21 @@ def test_constraints_returned_as_a_list_are_differentiated():
     np.testing.assert_allclose(node.active_jacobian(x, y, [0]),
                                [[2 * y[0], 2 * y[1], 1.0], [1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
     assert check_gradient(node, x).ok
+
+
+def test_fixed_constraint_node_with_several_constraints_is_refused_everywhere():
+    # Cor. 4.7 is for one constraint: jacobian() refused two, but vjp() and solve() went on
+    class TwoFixed(R.FixedEqConstrainedNode):
+        def objective(self, x, y):
+            return 0.5 * anp.sum((y - x) ** 2)
+
+        def constraint(self, y):
+            return anp.stack([anp.sum(y ** 2) - 1.0, y[0] - y[1]])
+
+        def solve(self, x):
+            return np.array([np.sqrt(0.5), np.sqrt(0.5), 0.0]), {}
+
+    node, x = TwoFixed(3, 3), np.array([1.0, 2.0, 0.0])
+    for call in (lambda: node.jacobian(x), lambda: node.vjp(x, np.ones(3))):
+        with pytest.raises(DDNError, match="one scalar"):
+            call()
