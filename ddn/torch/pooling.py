@@ -43,6 +43,7 @@ cache; the eager torch implementation below is the fallback (CUDA, or no compile
 Second derivatives: under ``create_graph=True`` the backward runs the eager formulas in torch ops,
 so gradient penalties and hypergradients through the layer are exact (gradgradcheck-tested).
 """
+import numbers
 import operator
 import warnings
 
@@ -401,6 +402,7 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
     batch_shape = xt.shape[:-1]
     x2 = xt.reshape(-1, n).contiguous()
     B = x2.shape[0]
+    alpha = _as_number_or_tensor(alpha, "alpha")
     if torch.is_tensor(alpha):
         a = alpha.to(dtype=x.dtype, device=x.device)
         if not bool(torch.isfinite(a).all() & (a > 0).all()):
@@ -421,6 +423,21 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
                                 penalty, use_kernel)
     y = y.reshape(batch_shape)
     return y.unsqueeze(dim) if keepdim else y
+
+
+def _as_number_or_tensor(v, name):
+    """A real number stays one; an array-like (numpy array, list) becomes a tensor (it failed in
+    float() with an opaque TypeError); anything else is a DDNError."""
+    if torch.is_tensor(v) or (isinstance(v, numbers.Real) and not isinstance(v, bool)):
+        return v
+    try:
+        t = torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise DDNError(f"{name} must be a positive number or a tensor / array of them, got "
+                       f"{type(v).__name__}")
+    return t
 
 
 def _check_dim(dim, x):

@@ -40,7 +40,7 @@ import torch
 
 from .. import DDNError, DDNWarning
 from . import _kernels
-from .pooling import _check_dim, _rows_of
+from .pooling import _as_number_or_tensor, _check_dim, _rows_of
 
 __all__ = ["project_sphere", "project_ball", "project_simplex", "SphereProjection",
            "BallProjection", "SimplexProjection"]
@@ -227,6 +227,7 @@ def _project(x, p, radius, dim, kind, masked):
     out_shape = xt.shape
     x2 = xt.reshape(-1, n).contiguous()
     B = x2.shape[0]
+    radius = _as_number_or_tensor(radius, "radius")
     if torch.is_tensor(radius):
         rr = radius.to(dtype=x.dtype, device=x.device)
         if not bool(torch.isfinite(rr).all() & (rr > 0).all()):

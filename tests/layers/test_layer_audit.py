@@ -277,3 +277,26 @@ def test_modules_keep_a_float64_alpha_or_radius_exactly(backend):
     assert T.RobustPool("huber", alpha=0.5).alpha.dtype == torch.get_default_dtype()
     assert T.BallProjection(2, radius=2).radius.dtype == torch.get_default_dtype()
     assert T.RobustPool("huber", alpha=a).float().alpha.dtype == torch.float32
+
+
+def test_alpha_and_radius_as_arrays_or_lists():
+    """A numpy array or list of α / radii crashed in float() with an opaque TypeError ('only
+    0-dimensional arrays can be converted'); now array-likes act as tensors, and a non-number
+    (None, a string) is a DDNError naming the argument."""
+    import numpy as np
+
+    from ddn import DDNError
+    x = torch.randn(2, 5, dtype=F64)
+    for a in (np.array([0.5, 1.0]), [0.5, 1.0], [[0.5], [1.0]]):
+        torch.testing.assert_close(T.robust_pool(x, "welsch", a),
+                                   T.robust_pool(x, "welsch", torch.tensor([0.5, 1.0], dtype=F64)),
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(T.project_ball(x, 1, a),
+                                   T.project_ball(x, 1, torch.tensor([0.5, 1.0], dtype=F64)),
+                                   rtol=0, atol=0)
+    assert T.robust_pool(x, "huber", np.float64(0.5)).shape == (2,)
+    for bad in (None, "1.0"):
+        with pytest.raises(DDNError, match="alpha must be"):
+            T.robust_pool(x, "huber", bad)
+        with pytest.raises(DDNError, match="radius must be"):
+            T.project_sphere(x, 2, bad)
