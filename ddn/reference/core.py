@@ -440,12 +440,26 @@ class DeclarativeNode:
         tolerance, and the residual it reported in ctx["residual"])."""
         return max(100.0 * self.tol, 10.0 * float(solver_residual))
 
+    def _active_set(self, x, y, g, solver_residual=0.0):
+        """Indices of the active inequalities: within the tolerance of their surface, measured
+        as a distance, g_i ≥ −tol·‖D_Y g_i‖. (On g itself, a constraint written ×1e-3 counted
+        as active 2e-6 away from its surface, and Dy was the constrained one where y = x.)"""
+        tol = self._active_tol(solver_residual)
+        near = np.flatnonzero(g >= -tol * 1e6)  # only these can be active; skip the far ones
+        if near.size == 0:
+            return []
+        G = quiet(jacobian(lambda u: self._ineq(x, u)), y)
+        G = np.asarray(G, dtype=float).reshape(g.size, y.size)[near]
+        scale = np.linalg.norm(G, axis=1)
+        scale = np.where(np.isfinite(scale), scale, 1.0)
+        return [int(i) for i, s in zip(near, scale) if g[i] >= -tol * s]
+
     def kkt_residual(self, x, y, multipliers=None, solver_residual=0.0):
         """KKT residual at (x, y): max of |D_Y f − Aᵀλ|, |h|, max(g, 0) and |g_i| on the active set
         {i: g_i ≥ −tol}; multipliers by least squares λᵀA = D_Y f (Eq. 32) unless given."""
         p, q = self.num_constraints(x, y)
         g = np.asarray(self._ineq(x, y), dtype=float).reshape(q)
-        active = [int(i) for i in np.flatnonzero(g >= -self._active_tol(solver_residual))]
+        active = self._active_set(x, y, g, solver_residual)
         grad_f = np.asarray(quiet(grad(lambda u: self.objective(x, u)), y), dtype=float)
         grad_f = grad_f.reshape(y.size)
         A = self.active_jacobian(x, y, active)
@@ -817,7 +831,7 @@ class FeasibilityNode(EqConstrainedNode):
         x, y, ctx = self._solution(x, y, ctx)
         p, q = self.num_constraints(x, y)
         g = np.asarray(self._ineq(x, y), dtype=float).reshape(q)
-        active = [int(i) for i in np.flatnonzero(g >= -self._active_tol(ctx.get("residual", 0.0)))]
+        active = self._active_set(x, y, g, ctx.get("residual", 0.0))
         A = self.active_jacobian(x, y, active)  # A = D_Y h̃
         hx = lambda xx: self.active_constraints(xx, y, active)  # noqa: E731
         return Optimality(

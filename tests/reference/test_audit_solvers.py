@@ -337,3 +337,34 @@ def test_fixed_constraint_node_with_several_constraints_is_refused_everywhere():
     for call in (lambda: node.jacobian(x), lambda: node.vjp(x, np.ones(3))):
         with pytest.raises(DDNError, match="one scalar"):
             call()
+
+
+class UnitsBall(R.IneqConstrainedNode):
+    """½‖u − x‖² s.t. c(‖u‖² − 1) ≤ 0: the same ball for every c > 0 (a constraint in other
+    units)."""
+
+    def __init__(self, c):
+        super().__init__(3, 3)
+        self.c = c
+
+    def objective(self, x, y):
+        return 0.5 * anp.sum((y - x) ** 2)
+
+    def inequality_constraints(self, x, y):
+        return self.c * (anp.dot(y, y) - 1.0)
+
+
+@pytest.mark.parametrize("c", [1.0, 1e-3, 1e3])
+def test_active_set_does_not_depend_on_the_constraint_units(c):
+    # "active" was g ≥ −1e-8 on g itself: written ×1e-3, the ball counted as active 2.4e-6 inside
+    # its surface, y = x got the sphere's Dy and a "λ > 0, not a KKT point" warning
+    node = UnitsBall(c)
+    x = np.array([0.6, 0.8 - 3e-6, 0.0])  # inside, 2.4e-6 from the sphere
+    y, ctx = node.solve(x)
+    np.testing.assert_allclose(y, x, atol=1e-12)
+    np.testing.assert_allclose(node.jacobian(x, y, ctx), np.eye(3), atol=1e-12)
+    x_out = np.array([1.2, 1.6, 0.0])  # outside: active at every scale
+    y, ctx = node.solve(x_out)
+    assert node.optimality(x_out, y, ctx).active == [0]
+    np.testing.assert_allclose(node.jacobian(x_out, y, ctx),
+                               (np.eye(3) - np.outer(y, y)) / 2.0, atol=1e-9)
