@@ -314,6 +314,11 @@ class DeclarativeNode:
         if y.device != x0.device:
             raise DDNError(f"{type(self).__name__}.solve returned y on {y.device} for inputs on "
                            f"{x0.device}: return y on the inputs' device")
+        dts = sorted({str(x.dtype) for x in xs if x.is_floating_point()})
+        if str(y.dtype) not in dts:
+            raise DDNError(f"{type(self).__name__}.solve returned y of dtype {y.dtype} for inputs of "
+                           f"dtype {', '.join(dts)}: return y in the inputs' dtype (a float32 y "
+                           "for float64 inputs would make the gradient float32-accurate silently)")
         if self.output_shape is not None and tuple(y.shape[1:]) != self.output_shape:
             raise DDNError(f"{type(self).__name__}.solve returned y of shape {tuple(y.shape)}, but "
                            f"output_shape={self.output_shape} says ({b}, {', '.join(map(str, self.output_shape))})")

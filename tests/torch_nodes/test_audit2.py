@@ -93,6 +93,8 @@ class Near(DeclarativeNode):
             y = y[:, :2]
         elif self.bad == "device":
             y = y.to("meta")
+        elif self.bad == "dtype":
+            y = y.float()
         elif self.bad == "converged":
             ctx = {"converged": torch.ones(y.shape[0] + 1, dtype=torch.bool)}
         return y, ctx
@@ -111,6 +113,7 @@ def test_a_non_finite_y_from_finite_inputs_is_named():
 @pytest.mark.parametrize("bad, match", [("trailing", r"shape \(3, 3, 1\).*output_shape=\(3,\)"),
                                         ("short", r"shape \(3, 2\)"),
                                         ("device", "on meta for inputs on cpu"),
+                                        ("dtype", "dtype torch.float32 for inputs of dtype torch.float64"),
                                         ("converged", r"ctx\['converged'\] must be \(batch,\)")])
 def test_a_solve_returning_a_bad_y_or_ctx_is_a_clear_error(bad, match):
     """Were opaque RuntimeErrors from the objective or from broadcasting, some only in backward
