@@ -30,13 +30,8 @@ lab: setup data
 
 # Execute every notebook at full size, headless (outputs go to build/notebooks).
 notebooks: setup data
-	mkdir -p build/notebooks
-	@set -e; for nb in notebooks/[0-9]*.ipynb; do \
-	  echo "== $$nb"; start=$$(date +%s); \
-	  $(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=3600 \
-	    --output-dir build/notebooks "$$nb"; \
-	  echo "   $$(( $$(date +%s) - start )) s"; \
-	done
+	$(BIN)/python tools/execute_notebook.py --timeout 3600 --output-dir build/notebooks \
+	  notebooks/[0-9]*.ipynb
 
 # The whole test suite: unit tests, then every notebook under nbval at smoke size.
 test: setup data test-unit test-notebooks
