@@ -39,7 +39,7 @@ from ddn.utils import repo_root
 
 __all__ = [
     "topk_accuracy", "average_precision", "mean_average_precision", "classification_metrics",
-    "choose_device", "seed_everything", "epoch_generator", "rng_state", "set_rng_state",
+    "choose_device", "run_cli", "seed_everything", "epoch_generator", "rng_state", "set_rng_state",
     "save_checkpoint", "load_checkpoint", "checkpoint_lock", "config_hash", "append_results", "read_results",
     "paper_table", "format_table", "results_dir", "progress",
 ]
@@ -426,6 +426,28 @@ def run_training(cfg, make_model, batches, *, device, path=None, name="model",
         if path is not None:
             save_checkpoint(path, model, opt, sched, epoch + 1)
     return model, start + done
+
+
+def run_cli(ap, args, make_config, run, render) -> int:
+    """The experiments' command-line tail: ``make_config()`` and the device are checked first (a
+    DDNError there is a usage error, exit 2, before anything runs); then ``run(cfg)`` (skipped
+    with ``--render-only``) and ``render(cfg)``, where a DDNError (missing data and the like)
+    prints one line and returns 1 instead of a traceback. Returns the exit status."""
+    import sys
+    try:
+        cfg = make_config()
+        if not args.render_only:
+            choose_device(args.device)
+    except DDNError as e:
+        ap.error(str(e))
+    try:
+        if not args.render_only:
+            run(cfg)
+        render(cfg)
+    except DDNError as e:
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def apply_preset(config_cls, presets: dict, name: str | None, overrides: dict, what: str):

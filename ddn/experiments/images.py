@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from ddn import DDNError, DDNWarning
 
-from .common import (append_results, apply_preset, checkpoint_lock, choose_device, classification_metrics,
+from .common import (append_results, apply_preset, checkpoint_lock, choose_device, run_cli, classification_metrics,
                     config_hash, run_training, epoch_generator, format_table, paper_table,
                     read_results, results_dir, timestamp)
 
@@ -695,25 +695,15 @@ def main(argv=None):
         ap.error(f"--threads must be >= 1; got {a.threads}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    try:                     # bad settings: a usage error before anything runs
-        variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else None
-        cfg = preset(a.preset, data=a.data, data_root=a.data_root,
-                     variants=variants, epochs=a.epochs,
-                     n_train=a.n_train, n_test=a.n_test, width=a.width, seed=a.seed,
-                     num_workers=a.workers)
-        if not a.render_only:
-            choose_device(a.device)
-    except DDNError as e:
-        ap.error(str(e))
-    try:                     # missing data and the like: the message, not a traceback
-        if not a.render_only:
-            run_experiment(cfg, a.device, a.results, a.checkpoints,
-                           show_progress=not a.no_progress)
-        print(render_table(a.results, cfg.preset, cfg.data))
-    except DDNError as e:
-        print(f"{ap.prog}: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else None
+    return run_cli(
+        ap, a,
+        lambda: preset(a.preset, data=a.data, data_root=a.data_root, variants=variants,
+                       epochs=a.epochs, n_train=a.n_train, n_test=a.n_test, width=a.width,
+                       seed=a.seed, num_workers=a.workers),
+        lambda cfg: run_experiment(cfg, a.device, a.results, a.checkpoints,
+                                   show_progress=not a.no_progress),
+        lambda cfg: print(render_table(a.results, cfg.preset, cfg.data)))
 
 
 if __name__ == "__main__":

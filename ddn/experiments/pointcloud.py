@@ -41,7 +41,7 @@ from torch import nn
 
 from ddn import DDNError, DDNWarning
 
-from .common import (append_results, apply_preset, checkpoint_lock, choose_device, classification_metrics,
+from .common import (append_results, apply_preset, checkpoint_lock, choose_device, run_cli, classification_metrics,
                     config_hash, run_training, epoch_generator, format_table, paper_table,
                     read_results, results_dir, timestamp)
 
@@ -715,26 +715,19 @@ def main(argv=None):
         ap.error(f"--threads must be >= 1; got {a.threads}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    try:                     # bad settings: a usage error before anything runs
-        cfg = preset(a.preset, data=a.data, data_root=a.data_root, poolings=_list(a.poolings),
-                     rates=_list(a.rates, _percent), iii_rates=_list(a.iii_rates, _percent),
-                     settings=_list(a.settings), epochs=a.epochs,
-                     seed=a.seed)
-        if not a.render_only:
-            choose_device(a.device)
-    except DDNError as e:
-        ap.error(str(e))
-    try:                     # missing data and the like: the message, not a traceback
-        if not a.render_only:
-            run_experiment(cfg, a.device, a.results, a.checkpoints,
-                           show_progress=not a.no_progress)
+    def render(cfg):
         print(render_tables(a.results, cfg.preset, cfg.data))   # not another data set's rows
         if a.plot:
             plot_outliers(a.results, cfg.preset, a.plot)
-    except DDNError as e:
-        print(f"{ap.prog}: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_cli(
+        ap, a,
+        lambda: preset(a.preset, data=a.data, data_root=a.data_root, poolings=_list(a.poolings),
+                       rates=_list(a.rates, _percent), iii_rates=_list(a.iii_rates, _percent),
+                       settings=_list(a.settings), epochs=a.epochs, seed=a.seed),
+        lambda cfg: run_experiment(cfg, a.device, a.results, a.checkpoints,
+                                   show_progress=not a.no_progress),
+        render)
 
 
 if __name__ == "__main__":
