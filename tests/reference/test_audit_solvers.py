@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import ddn.reference as R
+from ddn.reference.examples import ProbabilitySimplexNode
 from ddn import DDNError, DDNWarning
 from ddn.check import check_gradient
 
@@ -47,24 +48,16 @@ class ScaledBall(R.IneqConstrainedNode):
         return anp.dot(y, y) - 1.0
 
 
-class ScaledSimplex(R.IneqConstrainedNode):
-    """s · ½‖u − x‖² s.t. 1ᵀu = 1, u ≥ 0 (mixed equality and inequality constraints)."""
+class ScaledSimplex(ProbabilitySimplexNode):
+    """s · ½‖u − x‖² s.t. 1ᵀu = 1, u ≥ 0 (mixed equality and inequality constraints): the
+    probability-simplex example with its objective scaled by s (same constraints, same guess)."""
 
     def __init__(self, m, s, **kw):
-        super().__init__(m, m, **kw)
+        super().__init__(m, **kw)
         self.s = s
 
     def objective(self, x, y):
-        return self.s * 0.5 * anp.sum((y - x) ** 2)
-
-    def equality_constraints(self, x, y):
-        return anp.sum(y) - 1.0
-
-    def inequality_constraints(self, x, y):
-        return -y
-
-    def initial_guess(self, x):
-        return np.full(self.m, 1.0 / self.m)
+        return self.s * super().objective(x, y)
 
 
 class ScaledSphereAndPlane(R.EqConstrainedNode):
