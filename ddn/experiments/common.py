@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -429,11 +430,15 @@ def run_training(cfg, make_model, batches, *, device, path=None, name="model",
 
 
 def run_cli(ap, args, make_config, run, render) -> int:
-    """The experiments' command-line tail: ``make_config()`` and the device are checked first (a
-    DDNError there is a usage error, exit 2, before anything runs); then ``run(cfg)`` (skipped
-    with ``--render-only``) and ``render(cfg)``, where a DDNError (missing data and the like)
-    prints one line and returns 1 instead of a traceback. Returns the exit status."""
-    import sys
+    """The experiments' command-line tail: ``--threads`` is applied, then ``make_config()`` and
+    the device are checked (a DDNError there is a usage error, exit 2, before anything runs);
+    then ``run(cfg)`` (skipped with ``--render-only``) and ``render(cfg)``, where a DDNError
+    (missing data and the like) prints one line and returns 1 instead of a traceback. Returns
+    the exit status."""
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be >= 1; got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         cfg = make_config()
         if not args.render_only:

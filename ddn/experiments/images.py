@@ -691,10 +691,6 @@ def main(argv=None):
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    if a.threads is not None and a.threads < 1:
-        ap.error(f"--threads must be >= 1; got {a.threads}")
-    if a.threads:
-        torch.set_num_threads(a.threads)
     variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else None
     return run_cli(
         ap, a,

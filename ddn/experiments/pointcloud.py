@@ -711,10 +711,6 @@ def main(argv=None):
     ap.add_argument("--plot", default=None, help="also save the accuracy-vs-outliers plot here")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    if a.threads is not None and a.threads < 1:
-        ap.error(f"--threads must be >= 1; got {a.threads}")
-    if a.threads:
-        torch.set_num_threads(a.threads)
     def render(cfg):
         print(render_tables(a.results, cfg.preset, cfg.data))   # not another data set's rows
         if a.plot:

@@ -183,14 +183,9 @@ def constrained_solve(node, x):
         yy = np.asarray(r.x, dtype=float)
         return r, yy, (node.violation(x, yy) if np.all(np.isfinite(yy)) else np.inf)
 
-    res, y, viol = attempt(y0)
-    if not viol <= node.feas_tol:
-        # SLSQP's linearized constraints are singular where the constraint Jacobian is rank
-        # deficient, and the default initial guess (zeros) is often such a point (∇‖y‖² = 0 at
-        # y = 0). Retry once from a fixed small perturbation of y0 before giving up.
-        res2, y2, viol2 = attempt(_perturbed(y0))
-        if viol2 <= node.feas_tol or not viol2 >= viol:
-            res, y, viol = res2, y2, viol2
+    # SLSQP's linearized constraints are singular where the constraint Jacobian is rank
+    # deficient, and the default initial guess (zeros) is often such a point (∇‖y‖² = 0 at y = 0)
+    res, y, viol = _attempt_with_retry(attempt, y0, node.feas_tol)
     if not viol <= node.feas_tol:
         raise DDNError(
             f"{type(node).__name__}.solve: no feasible point found (max constraint violation "
@@ -212,6 +207,17 @@ def constrained_solve(node, x):
                 if node.kkt_residual(x, y2)["residual"] < kkt["residual"]:
                     y, res = y2, res2
     return _finish(node, x, y, res.message)
+
+
+def _attempt_with_retry(attempt, y0, feas_tol):
+    """``attempt(start) -> (res, y, violation)`` from ``y0``; if that ends infeasible, once more
+    from a fixed small perturbation of ``y0`` (a degenerate default guess), keeping the better."""
+    res, y, viol = attempt(y0)
+    if not viol <= feas_tol:
+        res2, y2, viol2 = attempt(_perturbed(y0))
+        if viol2 <= feas_tol or not viol2 >= viol:
+            res, y, viol = res2, y2, viol2
+    return res, y, viol
 
 
 def _perturbed(y0):
@@ -241,11 +247,7 @@ def feasibility_solve(node, x):
         y = polish_kkt(node, x, np.asarray(res.x, dtype=float))
         return res, y, node.violation(x, y)
 
-    res, y, viol = attempt(y0)
-    if not viol <= node.feas_tol:
-        res2, y2, viol2 = attempt(_perturbed(y0))
-        if viol2 <= node.feas_tol or not viol2 >= viol:
-            res, y, viol = res2, y2, viol2
+    res, y, viol = _attempt_with_retry(attempt, y0, node.feas_tol)
     if not viol <= node.feas_tol:
         raise DDNError(
             f"{type(node).__name__}.solve: no point satisfies the constraints (max violation "

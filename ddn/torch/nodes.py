@@ -447,7 +447,7 @@ class DeclarativeNode:
             return implicit_vjp(f, xs, yf, vf, spd=True, **opts)
         xs_m = xs if create_graph else tuple(x.detach() for x in xs)
         lam, mask, minfo = self._multipliers(xs_m, yf, shape, ctx, create_graph)
-        m, p = yf.shape[1], minfo["p"]
+        m = yf.shape[1]
         maskf = mask.to(y.dtype)
 
         def lagrangian(*a):
@@ -506,6 +506,20 @@ class EqConstrainedNode(DeclarativeNode):
     def equality_constraints(self, *xs_and_y):
         raise NotImplementedError(f"{type(self).__name__} must implement equality_constraints(*xs, y)")
 
+    def _flat_problem(self, xs, b, shape):
+        """``f``, ``h``, ``g`` of a flattened ``y`` (b, m) for the default solvers (``g`` calls
+        ``inequality_constraints``, which only IneqConstrainedNode has)."""
+        def f(yf):
+            return self._f(xs, yf.reshape(b, *shape))
+
+        def h(yf):
+            return _as_2d(self.equality_constraints(*xs, yf.reshape(b, *shape)), b)
+
+        def g(yf):
+            return _as_2d(self.inequality_constraints(*xs, yf.reshape(b, *shape)), b)
+
+        return f, h, g
+
     def solve(self, *xs):
         y0 = self.initial_guess(*xs)
         b, shape = y0.shape[0], y0.shape[1:]
@@ -537,12 +551,7 @@ class EqConstrainedNode(DeclarativeNode):
             # ∇h = 0). Retry those with the augmented Lagrangian, which needs no regular starting
             # point, then polishes with Newton-KKT. (Elements that merely ran out of
             # solver_max_iter are not retried: they are reported as not converged.)
-            def f(yf):
-                return self._f(xs, yf.reshape(b, *shape))
-
-            def h(yf):
-                return _as_2d(self.equality_constraints(*xs, yf.reshape(b, *shape)), b)
-
+            f, h, _ = self._flat_problem(xs, b, shape)
             y_al, lam_al, _, al_info = _solvers.augmented_lagrangian(
                 f, h, None, y0.reshape(b, m), tol=self._solver_tol(y0),
                 max_iter=self.solver_max_iter, active_tol=self._active_tol(y0))
@@ -578,15 +587,7 @@ class IneqConstrainedNode(EqConstrainedNode):
         y0 = self.initial_guess(*xs)
         b, shape = y0.shape[0], y0.shape[1:]
 
-        def f(yf):
-            return self._f(xs, yf.reshape(b, *shape))
-
-        def h(yf):
-            return _as_2d(self.equality_constraints(*xs, yf.reshape(b, *shape)), b)
-
-        def g(yf):
-            return _as_2d(self.inequality_constraints(*xs, yf.reshape(b, *shape)), b)
-
+        f, h, g = self._flat_problem(xs, b, shape)
         has_h = self.equality_constraints(*xs, y0) is not None
         if self.inequality_constraints(*xs, y0) is None:
             if not has_h:
