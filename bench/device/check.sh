@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of the project, as one script (about 5 minutes on one H100):
-#   1. the CUDA tests (pytest -m cuda): torch nodes, pooling and projections on CUDA against CPU
-#   2. the node backward benchmark on the GPU (bench/nodes/bench_backward.py --device cuda)
+#   1. the node backward benchmark on the GPU (bench/nodes/bench_backward.py --device cuda),
+#      first because it decides issue 3 and its log comes back even if the lease runs out later
+#   2. the CUDA tests (pytest -m cuda): torch nodes, pooling and projections on CUDA against CPU
 #   3. the two experiments' smoke presets on the GPU
 # Logs, the benchmark JSON and the experiment CSVs go to $OUT (default results/device-check).
 # Prepare the carried folders first with bench/device/prepare.sh; see bench/device/README.md.
@@ -43,12 +44,12 @@ step() {  # step NAME CMD...: run, log to $OUT/NAME.log, remember failure
 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(),
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 } 2>&1 | tee "$OUT/env.txt"
-if [ "$DEV" = cuda ]; then
-    step cuda-tests "$PY" -m pytest -p no:nbval -p no:cacheprovider -q -m cuda -rs tests
-fi
 # shellcheck disable=SC2086
 step bench-nodes "$PY" bench/nodes/bench_backward.py --device "$DEV" --sizes $SIZES \
     --out "$OUT/bench-nodes-$DEV.json"
+if [ "$DEV" = cuda ]; then
+    step cuda-tests "$PY" -m pytest -p no:nbval -p no:cacheprovider -q -m cuda -rs tests
+fi
 FMNIST=.devdata/fashion-mnist
 [ -d "$FMNIST" ] || FMNIST=/usr/share/datasets/fashion-mnist
 CK=$(mktemp -d)
