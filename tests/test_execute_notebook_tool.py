@@ -6,10 +6,10 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+nbformat = pytest.importorskip("nbformat")  # the notebook extras: skipped where they are absent
 pytest.importorskip("ipywidgets")
 
 
