@@ -69,3 +69,37 @@ def test_op_counts_script_runs():
     assert len(rows) == 2
     for _, naive, chunks, one in rows:
         assert int(naive) > int(chunks) >= int(one) > 0  # 2m autograd calls dispatch the most ops
+
+
+def _table_rows(md):
+    return [ln for ln in md.splitlines() if ln.startswith("| ") and ln[2:5].strip().isdigit()]
+
+
+@pytest.mark.parametrize("name, sizes", [("results.json", None), ("results-threads2.json", [256, 512]),
+                                         ("results-cuda.json", None)])
+def test_node_readme_tables_are_the_committed_measurements(name, sizes):
+    # bench/nodes/README.md reports measured tables; each must be exactly what render_table.py
+    # prints from the committed JSON, so a figure cannot be edited by hand or go stale
+    sys.path.insert(0, str(ROOT / "bench" / "nodes"))
+    try:
+        from render_table import render
+    finally:
+        sys.path.pop(0)
+    data = json.loads((ROOT / "bench" / "nodes" / name).read_text())
+    readme = (ROOT / "bench" / "nodes" / "README.md").read_text()
+    rows = _table_rows(render(data, sizes))
+    assert rows
+    missing = [r for r in rows if r not in readme]
+    assert not missing, f"{name}: README rows not matching the JSON: {missing[:3]}"
+
+
+def test_node_readme_done_when_ratios_are_the_committed_measurements():
+    # the naive ÷ dense ratios quoted in the "Done when" table come from the JSON summaries
+    readme = (ROOT / "bench" / "nodes" / "README.md").read_text()
+    done = readme[readme.index("## Done when"):readme.index("## Why the 20×")]
+    for name in ("results-cuda.json", "results-cuda-repeat.json", "results.json",
+                 "results-threads2.json"):
+        s = json.loads((ROOT / "bench" / "nodes" / name).read_text())["summary"]
+        line = next(ln for ln in done.splitlines() if f"`{name}`" in ln)
+        for prob in ("dense-W", "smooth"):
+            assert f"{s[f'{prob}: naive_over_dense_at_256']:.1f}×" in line, (name, prob, line)
