@@ -32,6 +32,11 @@ import time
 import warnings
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: checkpoint_lock falls back to its pid check
+    fcntl = None
+
 import numpy as np
 import torch
 
@@ -250,23 +255,71 @@ def save_checkpoint(path, model, optimizer, scheduler, epoch: int, extra: dict |
 class checkpoint_lock:
     """Context manager: claim the checkpoint at ``path`` for this process (a ``.lock`` file
     holding the pid). A second live process training the same model raises DDNError — two
-    writers to one checkpoint break exact resume; a lock left by a killed run is taken over."""
+    writers to one checkpoint break exact resume; a lock left by a killed run is taken over.
+
+    Where the OS has ``fcntl`` (Linux, macOS) the claim is an exclusive ``flock`` on the lock
+    file, held for the duration and released by the kernel when the process dies, so of two
+    processes taking over the same stale lock exactly one wins (a pid check alone let both
+    through). A pid in the file that belongs to another live process is still respected (a run
+    of an older version, or a system without ``fcntl``, which falls back to the pid check)."""
 
     def __init__(self, path):
         self.lock = Path(str(path) + ".lock")
+        self._fd = None
+
+    def _busy(self, pid):
+        return DDNError(f"{self.lock.with_suffix('')} is being trained by process {pid or '?'}; "
+                        f"wait for it, or delete {self.lock} if that process is gone")
+
+    def _recorded_pid(self, fd=None):
+        try:
+            if fd is not None:
+                os.lseek(fd, 0, os.SEEK_SET)
+                text = os.read(fd, 64).decode()
+            else:
+                text = self.lock.read_text()
+            return int(text.strip() or 0)
+        except (OSError, ValueError, UnicodeDecodeError):
+            return 0
 
     def __enter__(self):
         self.lock.parent.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            return self._enter_pid_only()
+        for _ in range(100):
+            fd = os.open(self.lock, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:                 # held by a live process of this version
+                pid = self._recorded_pid(fd)
+                os.close(fd)
+                raise self._busy(pid) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:                    # its holder finished and removed it meanwhile
+                os.close(fd)
+                continue
+            pid = self._recorded_pid(fd)
+            if pid and pid != os.getpid() and _alive(pid):
+                os.close(fd)
+                raise self._busy(pid)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, str(os.getpid()).encode())
+            os.fsync(fd)
+            self._fd = fd
+            return self
+        raise DDNError(f"could not claim {self.lock}: it keeps being replaced by other processes")
+
+    def _enter_pid_only(self):
         try:
             fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                pid = int(self.lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
+            pid = self._recorded_pid()
             if pid and pid != os.getpid() and _alive(pid):
-                raise DDNError(f"{self.lock.with_suffix('')} is being trained by process {pid}; "
-                               f"wait for it, or delete {self.lock} if that process is gone")
+                raise self._busy(pid) from None
             self.lock.write_text(str(os.getpid()))        # stale: left by a killed run
         else:
             os.write(fd, str(os.getpid()).encode())
@@ -274,7 +327,10 @@ class checkpoint_lock:
         return self
 
     def __exit__(self, *exc):
-        self.lock.unlink(missing_ok=True)
+        self.lock.unlink(missing_ok=True)   # removed while still held (see __enter__'s inode check)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         return False
 
 

@@ -1,5 +1,9 @@
 """Audit regressions for the shared experiment machinery: metrics on bad input, devices,
 RNG restore after a GPU checkpoint, CSV appends."""
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +162,44 @@ def test_checkpoint_names_do_not_depend_on_int_or_float_numbers(tmp_path):
                                 else cfg_api.width)
     assert (pointcloud.checkpoint_path(cfg_api, "max", 10, tmp_path)
             == pointcloud.checkpoint_path(cfg_cli, "max", 10.0, tmp_path))
+
+
+def _claim(path, start, hold_s, out):
+    from ddn import DDNError
+    from ddn.experiments.common import checkpoint_lock
+    start.wait()
+    try:
+        with checkpoint_lock(path):
+            out.put("won")
+            time.sleep(hold_s)
+    except DDNError:
+        out.put("busy")
+
+
+def test_exactly_one_process_takes_over_a_stale_lock(tmp_path, monkeypatch):
+    # A lock left by a killed run is taken over; when several processes find it at the same
+    # moment only one may train (a pid check alone let every one of them through: each read the
+    # dead pid, wrote its own and went on, two writers on one checkpoint). The liveness check is
+    # slowed to 0.2 s so that the processes' checks overlap, as they can on a loaded machine.
+    import multiprocessing as mp
+    if sys.platform == "win32":
+        pytest.skip("fcntl-based claim")
+    real_alive = common._alive
+
+    def slow_alive(pid):
+        time.sleep(0.2)
+        return real_alive(pid)
+    monkeypatch.setattr(common, "_alive", slow_alive)   # inherited by the forked processes
+    ctx = mp.get_context("fork")
+    path = tmp_path / "m.pt"
+    Path(str(path) + ".lock").write_text("999999999")       # stale: no such process
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(path, start, 1.5, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(30)
+    got = sorted(out.get(timeout=5) for _ in procs)
+    assert got == ["busy", "busy", "busy", "won"], got
+    assert not Path(str(path) + ".lock").exists()
