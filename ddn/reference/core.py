@@ -620,7 +620,8 @@ class EqConstrainedNode(DeclarativeNode):
             active = [i for i in active if i not in weak]
         lam = np.concatenate([lam_all[:p], lam_all[p:][np.asarray(active, dtype=int)]])
         H = self._hessian(x, y, lam, active)  # H = D²_YY L
-        A = self.active_jacobian(x, y, active)  # A = D_Y h̃
+        A, more = self._check_tangency(x, y, active, self.active_jacobian(x, y, active))
+        messages += more
         return Optimality(
             x=x, y=y, H=H, A=A, multipliers=lam_all, active=active, weakly_active=weak,
             residual=kkt["residual"], cond_H=_cond(H), rank_A=matrix_rank(A),
@@ -661,6 +662,59 @@ class EqConstrainedNode(DeclarativeNode):
                 "constraint written as a square or several constraints merged into Σh_i² = 0 "
                 "do this, see the observation after Cor. 4.7). Write each constraint "
                 "separately, or choose nonregular='drop' or 'pinv'.")
+
+    #: tangency estimate ρ above which the point counts as non-regular / Dy as ill-conditioned
+    tangency_nonregular, tangency_warn = 1e-1, 1e-4
+
+    def _check_tangency(self, x, y, active, A):
+        """A = D_Y h̃ that is regular in floating point but within the accuracy of y of a
+        rank-deficient one: the constraint surfaces are (nearly) tangent, e.g. the line u₂ = x
+        touching the unit circle at x = 1 (Sec. 4.7.1), where y₁ = √(1 − x²) has Dy₁ = −x/√(1 −
+        x²) → ∞. y is only known to ε_h ≈ max(|h̃(y)|, eps·(1 + ‖A‖‖y‖)) in h̃, so along the
+        weakest singular direction (σ, u, v) of A it is uncertain by δ with σδ + ½κδ² ≈ ε_h,
+        κ = |vᵀ D²_YY(uᵀh̃) v|; the smallest singular value (and so Dy ~ 1/σ) is uncertain
+        relatively by ρ = κ ε_h / σ². (The fixed rank threshold of A saw σ ≈ 5e-9 at x = 1 as
+        regular and returned Dy₁ ≈ −1.8e8 without a word.)
+
+        ρ > ``tangency_nonregular``: a non-regular point, DDNError with nonregular="error";
+        with a remedy chosen, σ is set to 0 in A so that the remedy applies. ρ >
+        ``tangency_warn``: DDNWarning, Dy is correct but has only about −log₁₀ ρ digits.
+        Returns (A, messages)."""
+        if A.shape[0] == 0 or not np.all(np.isfinite(A)) or matrix_rank(A) < A.shape[0]:
+            return A, []  # nothing active, or rank deficient already: ConstraintSolve says so
+        U, s, Vt = np.linalg.svd(A, full_matrices=False)
+        sigma, u, v = s[-1], U[:, -1], Vt[-1]
+        try:
+            phi = lambda t: anp.dot(u, self.active_constraints(x, y + t * v, active))  # noqa
+            kappa = abs(float(quiet(grad(grad(phi)), 0.0)))
+            h = self.active_constraints_np(x, y, active)
+        except (TypeError, ValueError, ArithmeticError, DDNError):
+            return A, []
+        eps_h = max(float(np.max(np.abs(h))),
+                    np.finfo(float).eps * (1.0 + s[0] * float(np.linalg.norm(y))))
+        rho = kappa * eps_h / sigma ** 2
+        if not np.isfinite(rho) or rho <= self.tangency_warn:
+            return A, []
+        name = type(self).__name__
+        if rho <= self.tangency_nonregular:
+            msg = (f"{name}: y is close to a non-regular point (the active constraints are "
+                   f"nearly tangent: smallest singular value of D_Y h̃ is {sigma:.2e}), so Dy "
+                   f"is large and ill-conditioned: its relative error may reach {rho:.0e}. "
+                   "Finite differences need a step below the distance to the tangency.")
+            warnings.warn(msg, DDNWarning, stacklevel=4)
+            return A, [msg]
+        what = (f"the active constraints are not regular at y to within its accuracy (Def. "
+                f"4.3): D_Y h̃ has smallest singular value {sigma:.2e}, while the constraint "
+                f"curvature {kappa:.2g} and the accuracy of h̃(y) ({eps_h:.1e}) make it "
+                f"indistinguishable from 0 (relative uncertainty {rho:.1e}). The constraint "
+                "surfaces are tangent here (e.g. a line touching a circle): Dy does not exist "
+                "(it grows like 1/σ towards this point)")
+        if self.nonregular == "error":
+            raise DDNError(f"{name}: {what}. Move x away from the tangency or reformulate the "
+                           "constraints; or choose nonregular='pinv' (minimum-norm substitute) "
+                           "or 'drop' (Sec. 4.7.3).")
+        msg = f"{name}: {what}; treated as rank deficient, nonregular={self.nonregular!r}."
+        return A - sigma * np.outer(u, v), [msg]
 
     def _check_inequality_multipliers(self, lam_in, active, lam_tol):
         """Prop. 4.6: active inequality multipliers must be λ ≤ 0 (L = f − Σλh); λ = 0 (within
@@ -832,11 +886,12 @@ class FeasibilityNode(EqConstrainedNode):
         p, q = self.num_constraints(x, y)
         g = np.asarray(self._ineq(x, y), dtype=float).reshape(q)
         active = self._active_set(x, y, g, ctx.get("residual", 0.0))
-        A = self.active_jacobian(x, y, active)  # A = D_Y h̃
+        A, messages = self._check_tangency(x, y, active, self.active_jacobian(x, y, active))
         hx = lambda xx: self.active_constraints(xx, y, active)  # noqa: E731
         return Optimality(
             x=x, y=y, H=None, A=A, multipliers=np.zeros(p + q), active=active,
             residual=self.violation(x, y), rank_A=matrix_rank(A), rule=self.rule,
+            messages=messages,
             pullback=lambda u, mu: _x_grad(lambda xx: anp.dot(mu, hx(xx)), x),
             C=lambda: _x_jac(hx, x, A.shape[0]))  # C = D_X h̃
 

@@ -278,6 +278,9 @@ class CircleLineNode(FeasibilityNode):
         h(x, u) = (u₁² + u₂² − 1, u₂ − x) = 0,  |x| < 1  ⇒  y = (√(1 − x²), x)
 
     (the right-hand intersection, picked by the initial guess). Dy = (−x/√(1 − x²), 1)ᵀ.
+    At x = ±1 the line is tangent to the circle: y = (0, ±1) is not regular (D_Y h has rank 1)
+    and Dy does not exist, so jacobian/vjp raise DDNError (nonregular= picks a substitute);
+    within rounding of that point Dy is large and correct, with a DDNWarning on its accuracy.
     """
 
     def __init__(self, **kw):
