@@ -218,24 +218,9 @@ def set_rng_state(st: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _canonical(v):
-    """Numbers that are equal hash equally: an integral float (10.0, from the command line's
-    "10") is written as the int (10, from the Python API's defaults); containers recursively."""
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, dict):
-        return {k: _canonical(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_canonical(x) for x in v]
-    return v
-
-
 def config_hash(cfg: dict) -> str:
-    """A short hash of the settings that determine a training run (for checkpoint names). Equal
-    numbers give equal hashes whatever their type (``--rates 10`` on the command line is the
-    float 10.0, the API's default the int 10: both must find the same checkpoint)."""
-    return hashlib.sha1(json.dumps(_canonical(cfg), sort_keys=True, default=str).encode()
-                        ).hexdigest()[:10]
+    """A short hash of the settings that determine a training run (for checkpoint names)."""
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def save_checkpoint(path, model, optimizer, scheduler, epoch: int, extra: dict | None = None):

@@ -474,7 +474,9 @@ def _batches(n, batch_size, generator=None, shuffle=True):
 
 def checkpoint_path(cfg: PointCloudConfig, pooling: str, train_outlier_pct: float,
                     checkpoint_dir) -> Path:
-    key = dict(cfg.training_key(), pooling=pooling, train_outlier_pct=train_outlier_pct)
+    # the rate as a float: the command line parses "10" as 10.0, the API's presets give the int
+    # 10, and both must name the same checkpoint (float is what the CLI always wrote)
+    key = dict(cfg.training_key(), pooling=pooling, train_outlier_pct=float(train_outlier_pct))
     return Path(checkpoint_dir) / f"pointcloud-{pooling}-out{train_outlier_pct:g}-{config_hash(key)}.pt"
 
 
