@@ -104,6 +104,13 @@ def average_precision(scores, positive) -> float:
 def mean_average_precision(scores, labels, num_classes: int | None = None) -> float:
     """mAP over all classes: mean of :func:`average_precision` of each column of ``scores``.
 
+    The experiments pass the model's raw outputs (logits): class c ranks the samples by their
+    c-th logit, not by the softmax probability (which also depends on the other logits and can
+    order the samples differently). The authors' public ImageNet script ranks raw outputs too,
+    but with the interpolated (VOC "precision envelope") AP and averaging only the first six
+    classes (``range(6)`` in its ``mean_average_precision``); here AP is non-interpolated and
+    every class counts, so our mAP and the paper's are comparable in trend, not in value.
+
     Classes without a positive sample are left out with a :class:`ddn.DDNWarning`.
     """
     scores, labels = torch.as_tensor(scores).detach(), torch.as_tensor(labels).detach()
