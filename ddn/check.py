@@ -146,7 +146,14 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
         *xs: the input x (n,) — one array for the reference floor.
         y, ctx: a solution from ``node.solve(x)`` to check (solved here when None).
         eps: finite-difference step (scaled by max(1, |x_j|)).
-        rtol, atol: pass when max |Dy − Dy_fd| ≤ atol or ≤ rtol · max |Dy_fd|.
+        rtol, atol: pass when max |Dy − Dy_fd| ≤ rtol · max |Dy_fd| or ≤ the absolute
+            allowance min(atol, noise), ``noise`` = 1e3 · machine-eps · max|y| / h the
+            rounding noise of the differences (h the smallest step). atol is meant for entries
+            of Dy that are 0, where finite differences return rounding noise; capped by the
+            noise it cannot pass a Jacobian whose entries are all ≲ atol (y in other units,
+            Dy ~ 1e-10) without looking at them: such a Dy is judged relatively. The
+            allowance used is ``details["atol_effective"]``. The vjp must match vᵀDy to
+            rtol · max(|v|ᵀ|Dy|), or the same allowance times Σ|v|.
         residual_tol: largest optimality residual accepted.
         seed: for the random v of the vjp check (and the random directions).
         directions: None (every coordinate: 2n solves) or k, to compare Dy·u with a finite
@@ -196,11 +203,18 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
     # match, column by column, the forward or the backward difference
     J_full, J = J, (J if U is None else J @ U)  # compare Dy·U along random directions
     side, Jfd = "central", fds["central"]
+    # absolute allowance: atol, but no more than the rounding noise of the differences
+    # (1e3·eps·max|y| / h) — with a bare atol = 1e-9 a Jacobian of entries ~1e-10 passed
+    # whatever it was (twice the true one included)
+    h = eps if U is not None else eps * float(np.min(np.maximum(1.0, np.abs(x))))
+    noise = 1e3 * np.finfo(float).eps * float(np.max(np.abs(y), initial=0.0)) / h
+    atol_eff = min(atol, noise)
+    details["atol_effective"] = atol_eff
     if diag["weakly_active"]:
         fwd, bwd = fds["forward"], fds["backward"]
         col_err = {s: np.max(np.abs(J - fds[s]), axis=0) for s in ("forward", "backward")}
         sides = np.where(col_err["forward"] <= col_err["backward"], "forward", "backward")
-        kink = np.max(np.abs(fwd - bwd), axis=0) > max(atol, rtol * np.max(np.abs(fwd)))
+        kink = np.max(np.abs(fwd - bwd), axis=0) > max(atol_eff, rtol * np.max(np.abs(fwd)))
         sides = np.where(kink, sides, "both")  # columns where y is smooth: either side
         Jfd = np.where(sides == "backward", bwd, fwd)
         named = sorted(set(sides[kink].tolist()))
@@ -210,8 +224,10 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
                         f"with one-sided differences ({side})")
     max_abs = float(np.max(np.abs(J - Jfd)))
     max_rel = max_abs / max(float(np.max(np.abs(Jfd))), np.finfo(float).tiny)
-    grad_ok = max_abs <= atol or max_rel <= rtol
-    vjp_ok = vjp_err <= max(atol, rtol * max(1.0, float(np.max(np.abs(J_full)))))
+    grad_ok = max_abs <= atol_eff or max_rel <= rtol
+    vjp_tol = max(rtol * float(np.max(np.abs(v) @ np.abs(J_full))),
+                  atol_eff * float(np.sum(np.abs(v))))
+    vjp_ok = vjp_err <= vjp_tol
     res_ok = diag["residual"] <= residual_tol
     if not grad_ok:
         messages.append(f"implicit Dy differs from finite differences (max rel err "
