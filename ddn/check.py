@@ -120,16 +120,26 @@ def _diagnose(node, x, y, ctx):
         out = {"residual": 0.0, "cond_H": float("nan"), "rank_A": 0, "n_active": 0,
                "weakly_active": [], "messages": [], "rule": getattr(node, "rule", "")}
         for k, (sub, (z, yk, ck)) in enumerate(zip(node.nodes, node._stages(x, y, ctx))):
-            d = _diagnose(sub, z, yk, ck)
+            with warnings.catch_warnings(record=True) as caught:  # said once, with its stage
+                warnings.simplefilter("always", DDNWarning)
+                d = _diagnose(sub, z, yk, ck)
+            label = node.stage_label(k) if hasattr(node, "stage_label") else f"stage {k}"
+            said = d["messages"] + [str(w.message) for w in caught
+                                    if issubclass(w.category, DDNWarning)]
+            out["messages"] = _unique(out["messages"] + [f"{label}: {m}" for m in said])
             out["residual"] = max(out["residual"], d["residual"])
             out["cond_H"] = np.nanmax([out["cond_H"], d["cond_H"]])
-            out["messages"] += [f"stage {k}: {m}" for m in d["messages"]]
             out["weakly_active"] += [(k, i) for i in d["weakly_active"]]
         return out
     opt = node.optimality(x, y, ctx)
     return {"residual": opt.residual, "cond_H": opt.cond_H, "rank_A": opt.rank_A,
             "n_active": opt.n_active, "weakly_active": list(opt.weakly_active),
             "messages": list(opt.messages), "rule": opt.rule}
+
+
+def _unique(messages):
+    """The messages in order, each once."""
+    return list(dict.fromkeys(messages))
 
 
 _DEFAULTS = {"y": None, "ctx": None, "eps": 1e-5, "rtol": 1e-6, "atol": 1e-9,
@@ -197,8 +207,9 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
         except DDNError as e:
             return GradientReport(False, nan, nan, nan, messages=[f"DDNError: {e}"],
                                   details=details)
-    messages += diag["messages"]
-    messages += [str(w.message) for w in caught if str(w.message) not in messages]
+    # each message once: a node warns on every optimality evaluation (diagnosis, jacobian,
+    # vjp), and the same text is also in diag["messages"]
+    messages = _unique(messages + diag["messages"] + [str(w.message) for w in caught])
     # compare with central differences; a one-sided gradient (weakly active constraint) must
     # match, column by column, the forward or the backward difference
     J_full, J = J, (J if U is None else J @ U)  # compare Dy·U along random directions

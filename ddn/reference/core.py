@@ -932,6 +932,8 @@ class ComposedNode:
 
     ``solve`` returns ctx = {"stages": [(z_{k-1}, y_k, ctx_k), ...]} so the backward pass reuses
     every stage's solution. ``objective(x, y)`` is the last node's objective at its input.
+    A stage's warnings reach the caller once per call of ``solve`` / ``jacobian`` / ``vjp``,
+    prefixed with the stage that raised them ("ComposedNode stage 1 (ReLUNode): ...").
     """
 
     floor = "reference"
@@ -950,11 +952,32 @@ class ComposedNode:
     def __repr__(self):
         return "ComposedNode(" + ", ".join(map(repr, self.nodes)) + ")"
 
+    def stage_label(self, k):
+        """How messages name stage k: "ComposedNode stage k (NodeClass)"."""
+        return f"{type(self).__name__} stage {k} ({type(self.nodes[k]).__name__})"
+
+    def _run_stage(self, k, fn, *args):
+        """fn(*args) for stage k; its warnings are re-issued once each, naming the stage (a
+        stage's message had no stage in it, and came once per optimality evaluation)."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = fn(*args)
+        seen = set()
+        for w in caught:
+            msg = w.message
+            if isinstance(msg, DDNWarning):
+                msg = type(msg)(f"{self.stage_label(k)}: {msg}")
+            key = (type(msg), str(msg))
+            if key not in seen:
+                seen.add(key)
+                warnings.warn(msg, stacklevel=3)
+        return out
+
     def solve(self, x):
         z = _check_vector(x, self.n, "x")
         stages = []
-        for node in self.nodes:
-            y, ctx = node.solve(z)
+        for k, node in enumerate(self.nodes):
+            y, ctx = self._run_stage(k, node.solve, z)
             stages.append((z, y, ctx))
             z = y
         return z, {"stages": stages}
@@ -985,14 +1008,15 @@ class ComposedNode:
     def jacobian(self, x, y=None, ctx=None):
         x = _check_vector(x, self.n, "x")
         J = np.eye(x.size)
-        for node, (z, yk, ck) in zip(self.nodes, self._stages(x, y, ctx)):
-            J = node.jacobian(z, yk, ck) @ J
+        for k, (node, (z, yk, ck)) in enumerate(zip(self.nodes, self._stages(x, y, ctx))):
+            J = self._run_stage(k, node.jacobian, z, yk, ck) @ J
         return J
 
     def vjp(self, x, v, y=None, ctx=None):
         x, v = _check_vector(x, self.n, "x"), _check_vector(v, self.m, "v")
-        for node, (z, yk, ck) in reversed(list(zip(self.nodes, self._stages(x, y, ctx)))):
-            v = node.vjp(z, v, yk, ck)
+        stages = list(enumerate(zip(self.nodes, self._stages(x, y, ctx))))
+        for k, (node, (z, yk, ck)) in reversed(stages):
+            v = self._run_stage(k, node.vjp, z, v, yk, ck)
         return v
 
 
