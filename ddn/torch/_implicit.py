@@ -217,7 +217,8 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
             K = batched_hessian(g, z, create_graph=create_graph)  # K = ∇²_zz ℒ  (H, or KKT)
             if pdiag is not None:
                 K = K + torch.diag_embed(pdiag).expand(b, N, N)
-            w, sinfo = _linalg.solve_dense(K, v, singular=singular)
+            w, sinfo = _linalg.solve_dense(K, v, singular=singular,
+                                           n_primal=n_primal if n_primal < N else None)
             info.update(sinfo)
             info["K"] = K.detach()
             sing = sinfo["singular"] & ~sinfo["pinv"] & named

@@ -34,7 +34,7 @@ def _rel_residual(K, w, r):
     return num / torch.where(den > 0, den, torch.ones_like(den))
 
 
-def solve_dense(K, r, *, singular=None, cond_max=None):
+def solve_dense(K, r, *, singular=None, cond_max=None, n_primal=None):
     """Solve the batch ``K w = r`` with symmetric ``K`` (b, N, N), ``r`` (b, N).
 
     Returns ``w`` (b, N) and ``info`` with per-element tensors: ``pd`` (Cholesky succeeded),
@@ -49,6 +49,11 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
     others: the inertia that tells a KKT minimum from a saddle).
     ``singular="pinv"`` solves the singular elements with ``K⁺`` (singular values below
     ``σ_max / cond_max`` dropped); otherwise they keep whatever the factorisation gave.
+    ``n_primal``: for a KKT matrix ``[[H, −Aᵀ], [−A, C]]``, the size of the ``H`` block. The
+    equilibration then starts from the block scaling ``α = ‖H‖^{-1/2}`` (primal rows),
+    ``β = 1 / (α ‖A‖)`` (the rest), which brings both blocks to unit size: an objective ``c·f``
+    with ``c ≪ 1`` next to O(1) constraints has cond ~ 1/c unscaled (its rows already have unit
+    max-norm through ``A``, so Ruiz alone leaves it as it is), and lost 1/c digits in float32.
     """
     b, N = r.shape
     dtype, dev = K.dtype, K.device
@@ -89,6 +94,18 @@ def solve_dense(K, r, *, singular=None, cond_max=None):
             # the same cond (and, by Sylvester's law, the same inertia) after scaling. Its solve
             # w = D (DKD)⁻¹ D r is the same w.
             D = torch.ones(Kb0.shape[:2], dtype=dtype, device=dev)
+            m = N if n_primal is None else int(n_primal)
+            if 0 < m < N:
+                # block scaling first: D = [α; β], α² ‖H‖ = 1, αβ ‖A‖ = 1 (Ruiz keeps it)
+                Kd = Kb0.detach()
+                hmax = Kd[:, :m, :m].abs().flatten(1).amax(-1)
+                amax = Kd[:, m:, :m].abs().flatten(1).amax(-1)
+                use = (hmax > 0) & (amax > 0) & torch.isfinite(hmax) & torch.isfinite(amax)
+                hs = torch.where(use, hmax, torch.ones_like(hmax))
+                al = hs.rsqrt()
+                be = torch.where(use, hs.sqrt() / torch.where(use, amax, torch.ones_like(amax)),
+                                 torch.ones_like(amax))
+                D = torch.cat([al.unsqueeze(-1).expand(-1, m), be.unsqueeze(-1).expand(-1, N - m)], -1)
             for _ in range(8):
                 rmax = (D.unsqueeze(-1) * Kb0.detach() * D.unsqueeze(-2)).abs().amax(-1)
                 D = D * torch.where(rmax > 0, rmax.rsqrt(), torch.ones_like(rmax))

@@ -185,7 +185,21 @@ def _kkt_step(K, g, differentiable):
     return -torch.where(piv[:, None], d0, dg), piv
 
 
-def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=30):
+def _primal_converged(K, z, g, tol, n_primal):
+    """The stationarity block on its own scale: ``‖∇_y ℒ‖ ≤ tol · s_y``, ``s_y = ‖(|K| u)_y‖_∞``
+    with ``u = [1 + |y|; |λ|]`` (``|H|(1 + |y|) + |A|ᵀ|λ|``: the size of the terms of ``∇f − Aᵀλ``).
+    The joint scale ``s`` of the whole KKT residual is set by the constraint rows (O(‖A‖)) and by
+    the ``1 +`` of the multipliers' entries: for an objective ``c·f`` with ``c ≪ 1`` it let
+    ``∇_y ℒ`` stop at ``tol · ‖A‖``, i.e. multipliers (of size ``c``) wrong by ``tol / c`` relative,
+    and through ``D²_YY L`` a float32 gradient wrong by ~1e-3 at ``c = 10⁻⁴``."""
+    m = n_primal
+    zd = z.detach()
+    u = torch.cat([1 + zd[:, :m].abs(), zd[:, m:].abs()], -1)
+    sy = gradient_scale((K.detach()[:, :m].abs() @ u.unsqueeze(-1)).squeeze(-1))
+    return g.detach()[:, :m].norm(dim=-1) <= tol * sy
+
+
+def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=30, n_primal=None):
     """Solve ``∇_z ℒ(z) = 0`` (``lagr(z) -> (b,)``) by Newton's method on the (symmetric, indefinite)
     KKT matrix ``K = ∇²_zz ℒ`` with a backtracking line search on ``‖∇ℒ‖``.
 
@@ -194,7 +208,8 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
     ``stalled`` (unconverged elements whose line search found no decrease at some iteration: the
     Newton direction was useless there, e.g. a singular KKT matrix — not merely out of iterations),
     ``singular_end`` (with ``differentiable``: the KKT matrix is singular at the final iterate, so
-    the iterate has no derivative there).
+    the iterate has no derivative there). ``n_primal`` (the size of ``y`` in ``z``): converged
+    also needs the stationarity block on its own scale (see :func:`_primal_converged`).
     """
     z = z0 if differentiable else z0.detach()
 
@@ -213,6 +228,8 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
         gn = g.detach().norm(dim=-1)
         sc = _scale(K, z)  # s = ‖K (1 + |z|)‖_∞
         conv = gn <= tol * sc
+        if n_primal is not None and 0 < n_primal < z.shape[1]:
+            conv = conv & _primal_converged(K, z, g, tol, n_primal)
         if bool(conv.all()) or it == max_iter:
             if differentiable and z.requires_grad:
                 d, singular_end = _kkt_step(K, g, True)
@@ -238,7 +255,6 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
             break
     if not differentiable:
         z = z.detach()
-    conv = gn <= tol * sc
     return z, {"converged": conv, "iterations": it, "grad_norm": gn, "scale": sc,
                "stalled": stalled & ~conv, "singular_end": singular_end}
 
@@ -314,7 +330,8 @@ def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40
         return f(yy) - (mask * lam * cons).sum(-1) - 0.5 * ((~mask) * lam * lam).sum(-1)
 
     lam0 = torch.cat([lam_h, -mu], -1) * mask
-    z, kinfo = newton_kkt(lagr, torch.cat([y, lam0], -1), tol=tol, max_iter=20)
+    z, kinfo = newton_kkt(lagr, torch.cat([y, lam0], -1), tol=tol, max_iter=20,
+                          n_primal=y.shape[1])
     y_pol, lam_pol = z[:, :y.shape[1]], z[:, y.shape[1]:]
     # keep the polished point only where it is a valid KKT point of the original problem
     with torch.no_grad():

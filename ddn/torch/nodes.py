@@ -536,7 +536,7 @@ class EqConstrainedNode(DeclarativeNode):
         z0 = torch.cat([y0.reshape(b, m), y0.new_zeros(b, p)], 1)
         differentiable = self._differentiable(xs)
         z, info = _solvers.newton_kkt(lagr, z0, tol=self._solver_tol(y0), max_iter=self.solver_max_iter,
-                                      differentiable=differentiable)
+                                      differentiable=differentiable, n_primal=m)
         conv = info["converged"]
         if differentiable and bool(info["singular_end"].any()):
             raise DDNError(f"{type(self).__name__}: linear_solver='unroll' cannot differentiate the "

@@ -1,0 +1,93 @@
+"""An objective small in scale (c·f, c = 10⁻³…10⁻⁴) next to O(1) constraints, in float32.
+
+The default solvers stopped when the whole KKT residual was below tol · s, where s is set by the
+constraint rows (O(‖A‖)): the stationarity block ∇f − Aᵀλ (of size c) was then accurate only to
+tol · ‖A‖, so the multipliers handed to the backward pass were wrong by ~tol / c relative, and the
+float32 gradient (through D²_YY L = c D²f − Σ λ_i D²g_i) by ~1e-3 at c = 10⁻⁴ while y itself was
+right to 1e-7."""
+import pytest
+import torch
+
+from ddn.torch import DeclarativeLayer, EqConstrainedNode, IneqConstrainedNode
+from ddn.torch import _linalg
+
+M = 6
+
+
+class InBall(IneqConstrainedNode):
+    """f = c·(½‖y − x‖² + 0.1 Σ y⁴) s.t. ‖y‖² ≤ 1 and y₀ + y₁ ≤ 0.1."""
+
+    def __init__(self, c, **kw):
+        super().__init__((M,), **kw)
+        self.c = c
+
+    def objective(self, x, y):
+        return self.c * (0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1))
+
+    def inequality_constraints(self, x, y):
+        return torch.stack([(y * y).sum(-1) - 1, y[:, 0] + y[:, 1] - 0.1], -1)
+
+
+class OnSphere(EqConstrainedNode):
+    """f = c·(½‖y − x‖² + 0.1 Σ y⁴) s.t. ‖y‖² = 1."""
+
+    def __init__(self, c, **kw):
+        super().__init__((M,), **kw)
+        self.c = c
+
+    def objective(self, x, y):
+        return self.c * (0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1))
+
+    def equality_constraints(self, x, y):
+        return (y * y).sum(-1) - 1
+
+    def initial_guess(self, x):
+        return x / x.norm(dim=-1, keepdim=True)
+
+
+def _grad(node_cls, c, x, v, dtype):
+    xx = x.to(dtype).detach().requires_grad_()
+    y = DeclarativeLayer(node_cls(c))(xx)
+    (y * v.to(dtype)).sum().backward()
+    return y.detach().double(), xx.grad.double()
+
+
+@pytest.mark.parametrize("cls", [InBall, OnSphere])
+@pytest.mark.parametrize("c", [1e-3, 1e-4])
+def test_float32_gradient_of_a_small_objective_matches_float64(cls, c):
+    g = torch.Generator().manual_seed(0)
+    x = 2 * torch.randn(4, M, dtype=torch.float64, generator=g)
+    v = torch.randn(4, M, dtype=torch.float64, generator=g)
+    y64, g64 = _grad(cls, c, x, v, torch.float64)
+    y32, g32 = _grad(cls, c, x, v, torch.float32)
+    assert float((y32 - y64).norm() / y64.norm()) < 1e-5
+    assert float((g32 - g64).norm() / g64.norm()) < 2e-5  # was 9e-4 (InBall, c = 1e-4)
+
+
+def test_default_multipliers_are_accurate_for_a_small_objective():
+    x = 2 * torch.randn(4, M, dtype=torch.float32, generator=torch.Generator().manual_seed(1))
+    node = InBall(1e-4)
+    y, ctx = node.solve(x)
+    lam_ref = InBall(1e-4).solve(x.double())[1]["multipliers"]
+    scale = lam_ref.abs().amax()
+    assert float((ctx["multipliers"].double() - lam_ref).abs().amax() / scale) < 1e-5
+
+
+def test_block_scaled_kkt_solve_is_more_accurate_in_float32():
+    """solve_dense(n_primal=m) scales [[cH, −Aᵀ], [−A, 0]] to unit blocks before the LU solve."""
+    g = torch.Generator().manual_seed(1)
+    b, m, p, c = 32, 10, 4, 1e-6
+    G = torch.randn(b, m, m, dtype=torch.float64, generator=g)
+    H = c * (G @ G.mT / m + 0.1 * torch.eye(m, dtype=torch.float64))
+    A = torch.randn(b, p, m, dtype=torch.float64, generator=g)
+    K = torch.cat([torch.cat([H, -A.mT], 2),
+                   torch.cat([-A, torch.zeros(b, p, p, dtype=torch.float64)], 2)], 1)
+    r = torch.cat([torch.randn(b, m, dtype=torch.float64, generator=g),
+                   torch.zeros(b, p, dtype=torch.float64)], 1)
+    w64 = torch.linalg.solve(K, r)
+    w, info = _linalg.solve_dense(K.float(), r.float(), n_primal=m)
+    err = ((w.double() - w64)[:, :m].norm(dim=-1) / w64[:, :m].norm(dim=-1)).max()
+    assert float(err) < 5e-6  # 2.4e-5 without the block scaling
+    w_again, _ = _linalg.solve_dense(K, r, n_primal=m)  # float64: the same solution
+    torch.testing.assert_close(w_again, w64, rtol=1e-10, atol=1e-12)
+    assert not info["singular"].any()
