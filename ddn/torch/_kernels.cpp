@@ -7,8 +7,9 @@
 //
 // Status codes per row: 0 ok, 1 not converged / degenerate, 2 NaN or Inf, 3 |x|/alpha too large,
 // 4 projection lost its accuracy to cancellation (|x| ≫ r for the dtype), 5 pooling: Σx or
-// differences of x overflow the dtype; for projections 3 means finite x whose sum overflowed
-// (Python redoes those rows with the eager code).
+// differences of x overflow the dtype, 6 sphere projection of x = 0 (a result is written, but
+// the nearest point is not unique: Python warns); for projections 3 means finite x whose sum
+// overflowed (Python redoes those rows with the eager code).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -582,7 +583,7 @@ static int proj_row(const T* x, T* y, int64_t n, T r, int p, int kind, T& aux) {
     if (kind == 0 && nrm == 0) {
       T c = r / std::sqrt(T(n));
       for (int64_t i = 0; i < n; ++i) y[i] = c;
-      return 0;
+      return 6;
     }
     T sc = (kind == 1 && !(nrm > r)) ? T(1) : r / nrm;
 #pragma omp simd
@@ -619,6 +620,7 @@ static int proj_row(const T* x, T* y, int64_t n, T r, int p, int kind, T& aux) {
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) y[i] = x[i] + (x[i] >= 0 ? tau : -tau);
       aux = 1;
+      if (acc == 0) return 6;  // x = 0: every point of the sphere with all |y_i| = r/n is nearest
     } else {
       for (int64_t i = 0; i < n; ++i) y[i] = x[i];
       aux = 0;
@@ -637,6 +639,7 @@ static int proj_row(const T* x, T* y, int64_t n, T r, int p, int kind, T& aux) {
     int64_t k = 0;
     for (int64_t i = 0; i < n; ++i) if (std::abs(x[i]) == m) { k = i; break; }
     y[k] = x[k] >= 0 ? r : -r;
+    if (m == 0) return 6;  // x = 0: every ±r·e_i is nearest
   }
   return 0;
 }

@@ -213,8 +213,8 @@ def _pcode(p):
 
 def proj_forward(x, r, p, kind):
     """x (B, n), r (B,) -> (y (B, n), aux (B,), number of rows that lost accuracy, rows (B,) bool
-    whose sums overflowed the dtype (finite x; the caller redoes them eagerly)) as
-    ``projections._forward_eager``."""
+    whose sums overflowed the dtype (finite x; the caller redoes them eagerly), number of sphere
+    rows with x = 0 (nearest point not unique)) as ``projections._forward_eager``."""
     B, n = x.shape
     r = r.detach().contiguous()
     y = torch.empty_like(x)
@@ -224,7 +224,7 @@ def proj_forward(x, r, p, kind):
          (_ptr(x), _ptr(r), _ptr(y), _ptr(aux), _ptr(st), n, _pcode(p), _KIND[kind]), B, n)
     if bool((st == 2).any()):
         _raise_status(st, "the projection")
-    return y, aux, int((st == 4).sum()), st == 3
+    return y, aux, int((st == 4).sum()), st == 3, int((st == 6).sum())
 
 
 def proj_backward(v, y, r, aux, p, kind, masked):

@@ -22,9 +22,18 @@ differs from the derivative on pinned coordinates; it is kept for comparison wit
 Forward: p = 2 closed form; p = 1 Duchi et al. (2008) sort-based threshold (the CPU kernel finds
 the same threshold by Michelot's pivoting, expected O(n)); p = ∞ clamp.
 Inside the ball the sphere pushes outward (p = 2 scales; p = 1 adds ``τ sign(x_i)``,
-``τ = (r − ‖x‖₁)/n``; p = ∞ moves the first largest-magnitude coordinate to the face;
-``sign(0) = +1``). ``x = 0`` on the L2 sphere returns ``r·1/√n`` with a zero x-gradient and a
-``DDNWarning``. NaN/Inf in ``x``, a non-positive radius, an empty dim or an unknown p raise
+``τ = (r − ‖x‖₁)/n``; p = ∞ moves the first largest-magnitude coordinate ``x_k`` to the face;
+``sign(0) = +1``). Where that nearest point is not unique (p = 1 with some ``x_i = 0``: ``−τ`` is
+as near; p = ∞ with ties for the largest ``|x_i|``) ``y`` jumps, and the gradient is that of the
+branch chosen (``s = sign(x)``, resp. ``k``, held fixed): p = 1: ``∂L/∂x = v − s sᵀv/n``,
+``∂L/∂r = sᵀv/n``; p = ∞: ``∂L/∂x = v`` with ``v_k`` zeroed, ``∂L/∂r = sign(x_k) v_k`` (masked or
+not alike). It is the one-sided derivative along every direction ``u`` that keeps the choice
+(``u_i ≥ 0`` where ``x_i = 0``; no tied ``|x_j|`` overtaking ``|x_k|``). Such rows are common
+(ReLU features) and do not warn; a row ``x = 0`` warns (one ``DDNWarning`` per call, with the
+number of rows) for p = 1, 2 and ∞: every point of the L2 sphere is nearest there (we return
+``r·1/√n`` with a zero x-gradient), for p = 1 every ``(±r/n, …)`` (we return ``(r/n)·1``, gradient
+``v − mean(v)``), for p = ∞ every ``±r e_i`` (we return ``r e_1``, gradient ``v`` with ``v_1``
+zeroed). NaN/Inf in ``x``, a non-positive radius, an empty dim or an unknown p raise
 ``DDNError``. Huge or tiny ``x`` are fine for p = 2 (the norm is rescaled when ``Σx²`` would
 overflow or underflow). For p = 1 and the simplex the threshold is found on values shifted by
 their maximum, so ``|x| ≫ r`` keeps its accuracy; as a safety net, rows whose result misses the
@@ -46,6 +55,14 @@ __all__ = ["project_sphere", "project_ball", "project_simplex", "SphereProjectio
            "BallProjection", "SimplexProjection"]
 
 INF = float("inf")
+
+
+_ZERO_ROW = {  # what project_sphere returns for a row x = 0 (module docstring)
+    2: "r·1/√n with a zero gradient w.r.t. x",
+    1: "(r/n)·1 (sign(0) = +1) with the gradient of that choice, v − 1·mean(v)",
+    INF: "r·e_1 (the first coordinate on the face) with the gradient of that choice, v with "
+         "v_1 zeroed",
+}
 
 
 def _sgn(x):
@@ -168,7 +185,7 @@ class _ProjectFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, r, p, kind, masked, use_kernel):
         if use_kernel:
-            y, aux, nlost, over = _kernels.proj_forward(x, r.contiguous(), p, kind)
+            y, aux, nlost, over, nzero = _kernels.proj_forward(x, r.contiguous(), p, kind)
             if bool(over.any()):  # finite x whose Σ overflowed in the kernel: the eager code
                 ye, ae = _forward_eager(x[over], r[over], p, kind)  # works on shifted values
                 y[over], aux[over] = ye, ae
@@ -176,15 +193,18 @@ class _ProjectFn(torch.autograd.Function):
         else:
             y, aux = _forward_eager(x, r, p, kind)
             nlost = _count_lost(y, r, aux, p, kind)
+            nzero = 0
+            if kind == "sphere":
+                nzero = int(((aux == 0) if p == 2 else ~x.any(-1)).sum())
         if nlost:
             what = "simplex" if kind == "simplex" else f"p={p} {kind}"
             warnings.warn(f"projection ({what}): {nlost} row(s) lost their accuracy to "
                           "cancellation (|x| is so much larger than the radius that the "
                           f"{x.dtype} threshold swamps it); rescale x first (e.g. divide by its "
                           "norm) or use float64", DDNWarning, stacklevel=3)
-        if p == 2 and kind == "sphere" and bool((aux == 0).any()):
-            warnings.warn("project_sphere(p=2) of x = 0: every point of the sphere is nearest; "
-                          "returning r·1/√n with a zero gradient w.r.t. x", DDNWarning, stacklevel=3)
+        if nzero:  # x = 0 on the sphere: every point of it (p = 2) or many (p = 1, ∞) are nearest
+            warnings.warn(f"project_sphere(p={p}) of x = 0 in {nzero} row(s): the nearest point "
+                          f"is not unique; returning {_ZERO_ROW[p]}", DDNWarning, stacklevel=3)
         ctx.save_for_backward(x, y, r, aux)
         ctx.cfg = (p, kind, masked, use_kernel)
         return y

@@ -1,0 +1,86 @@
+"""Regression tests from the third audit round of the pooling and projection layers (both
+backends: compiled kernel and eager torch). Each test failed before its fix, or checks a
+docstring claim made in that round."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import ddn.torch as T
+from ddn import DDNError, DDNWarning
+
+F64 = torch.float64
+INF = float("inf")
+
+
+# ----------------------------------------------------------------------------- projections
+@pytest.mark.parametrize("p", [1, 2, INF])
+def test_sphere_of_a_zero_row_warns_once_with_the_row_count_for_every_p(p, backend):
+    """x = 0 has no unique nearest point on any Lp sphere. p = 2 warned; p = 1 and ∞ returned
+    their arbitrary pick silently. Now one DDNWarning per call names the rows, and the returned
+    point and gradient are the documented ones (finite)."""
+    x = torch.tensor([[0.0, 0, 0, 0], [0.3, -0.2, 0.1, 0.5], [0, 0, 0, 0]], dtype=F64,
+                     requires_grad=True)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        y = T.project_sphere(x, p, 2.0)
+    msgs = [str(w.message) for w in rec if issubclass(w.category, DDNWarning)]
+    assert len(msgs) == 1 and "x = 0 in 2 row(s)" in msgs[0], msgs
+    v = torch.tensor([1.0, 2, 3, 4], dtype=F64).expand(3, 4)
+    gx, = torch.autograd.grad(y, x, v)
+    assert torch.isfinite(gx).all()
+    z = torch.tensor([0, 2])
+    if p == 1:
+        assert torch.allclose(y[z], torch.full((2, 4), 0.5, dtype=F64))
+        assert torch.allclose(gx[z], v[z] - v[z].mean(-1, keepdim=True))
+    elif p == INF:
+        assert torch.equal(y[z], torch.tensor([[2.0, 0, 0, 0]] * 2, dtype=F64))
+        assert torch.equal(gx[z], torch.tensor([[0.0, 2, 3, 4]] * 2, dtype=F64))
+    else:
+        assert torch.allclose(y[z], torch.ones(2, 4, dtype=F64))
+        assert torch.equal(gx[z], torch.zeros(2, 4, dtype=F64))
+
+
+def _one_sided(f, x, r, u, ur, h=1e-7):
+    """(f(x + h u, r + h ur) − f(x, r)) / h in float64: the one-sided directional derivative (the
+    maps are piecewise linear near these points, so this is exact up to rounding)."""
+    return (f(x + h * u, r + h * ur) - f(x, r)) / h
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_sphere_gradient_at_a_non_unique_nearest_point_is_the_documented_branch(masked, backend):
+    """Non-zero rows where the nearest point is not unique (p = ∞ inside the ball with tied
+    largest |x_i|; p = 1 inside the ball with zero coordinates, sign(0) = +1) do not warn, and
+    their gradient is the documented one: the branch's, equal to the one-sided derivative along
+    directions that keep the choice (module docstring)."""
+    g = torch.Generator().manual_seed(1)
+    r = torch.tensor([1.0, 2.0], dtype=F64)
+    xi = torch.tensor([[0.3, -0.5, 0.5, 0.1], [0.5, 0.2, -0.5, -0.5]], dtype=F64)  # ∞: k = 1, 0
+    x1 = torch.tensor([[0.2, 0.0, -0.3, 0.0], [0.0, 0.0, 0.4, -0.1]], dtype=F64)  # 1: zeros
+    for p, x0 in ((INF, xi), (1, x1)):
+        x, rr = x0.clone().requires_grad_(), r.clone().requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DDNWarning)
+            y = T.project_sphere(x, p, rr[:, None], masked=masked)
+        v = torch.randn(2, 4, generator=g, dtype=F64)
+        gx, gr = torch.autograd.grad(y, (x, rr), v)
+        s = torch.where(x0 >= 0, 1.0, -1.0).to(F64)
+        if p == 1:  # documented: v − s sᵀv/n, sᵀv/n
+            sv = (s * v).sum(-1, keepdim=True) / 4
+            assert torch.allclose(gx, v - s * sv) and torch.allclose(gr, sv.squeeze(-1))
+        else:  # documented: v with v_k zeroed, sign(x_k) v_k (k: the first largest |x_i|)
+            k = torch.tensor([1, 0])
+            e = torch.nn.functional.one_hot(k, 4).to(F64)
+            assert torch.allclose(gx, v * (1 - e))
+            assert torch.allclose(gr, (e * s * v).sum(-1))
+        for _ in range(3):
+            u = torch.randn(2, 4, generator=g, dtype=F64)
+            ur = torch.randn(2, generator=g, dtype=F64)
+            if p == 1:
+                u = torch.where(x0 == 0, u.abs(), u)  # keep sign(0) = +1
+            else:  # keep k the first largest: sign(x_k) u_k above every tied sign(x_j) u_j
+                u.scatter_(-1, k[:, None], (s * (u.abs().amax(-1, keepdim=True) + 1)).gather(
+                    -1, k[:, None]))
+            fd = _one_sided(lambda a, b: T.project_sphere(a, p, b[:, None]), x0, r, u, ur)
+            assert torch.allclose((fd * v).sum(-1), (gx * u).sum(-1) + gr * ur, atol=1e-6)
