@@ -670,15 +670,26 @@ static void proj_back_row(const T* v, const T* y, T* gx, int64_t n, T r, T aux, 
     return;
   }
   if (p == 2) {
+    // ŷ = y/r as y·(1/r), or by division where 1/r overflows (a subnormal radius: ŷ was inf
+    // and the gradient NaN)
     const T ir = T(1) / r;
+    const bool fast = finite_bits(ir);
     T yv = 0;
+    if (fast) {
 #pragma omp simd reduction(+ : yv)
-    for (int64_t i = 0; i < n; ++i) yv += y[i] * ir * v[i];
+      for (int64_t i = 0; i < n; ++i) yv += y[i] * ir * v[i];
+    } else {
+      for (int64_t i = 0; i < n; ++i) yv += y[i] / r * v[i];
+    }
     gr = yv;
     if (aux == 0) { for (int64_t i = 0; i < n; ++i) gx[i] = 0; return; }
     const T c = r / aux;  // (r/‖x‖)(I − ŷŷᵀ)v
+    if (fast) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) gx[i] = c * (v[i] - y[i] * ir * yv);
+      for (int64_t i = 0; i < n; ++i) gx[i] = c * (v[i] - y[i] * ir * yv);
+    } else {
+      for (int64_t i = 0; i < n; ++i) gx[i] = c * (v[i] - y[i] / r * yv);
+    }
     return;
   }
   if (p == 1) {

@@ -33,11 +33,12 @@ not alike). It is the one-sided derivative along every direction ``u`` that keep
 number of rows) for p = 1, 2 and ∞: every point of the L2 sphere is nearest there (we return
 ``r·1/√n`` with a zero x-gradient), for p = 1 every ``(±r/n, …)`` (we return ``(r/n)·1``, gradient
 ``v − mean(v)``), for p = ∞ every ``±r e_i`` (we return ``r e_1``, gradient ``v`` with ``v_1``
-zeroed). NaN/Inf in ``x``, a non-positive radius, an empty dim or an unknown p raise
-``DDNError``. Huge or tiny ``x`` are fine for p = 2 (the norm is rescaled when ``Σx²`` would
-overflow or underflow). For p = 1 and the simplex the threshold is found on values shifted by
-their maximum, so ``|x| ≫ r`` keeps its accuracy; as a safety net, rows whose result misses the
-radius by more than 1% raise a ``DDNWarning`` (rescale ``x`` or use float64).
+zeroed). NaN/Inf in ``x``, a non-positive radius or one that rounds to 0 or inf in the dtype, an
+empty dim or an unknown p raise ``DDNError``; a subnormal radius is fine. Huge or tiny ``x``
+are fine for p = 2 (the norm is rescaled when ``Σx²`` would overflow or underflow). For p = 1 and
+the simplex the threshold is found on values shifted by their maximum, so ``|x| ≫ r`` keeps its
+accuracy; as a safety net, rows whose result misses the radius by more than 1% raise a
+``DDNWarning`` (rescale ``x`` or use float64).
 
 Second derivatives: under ``create_graph=True`` the backward runs in differentiable torch ops
 (double backward, gradgradcheck-tested); for p = 1, ∞ and the simplex the Jacobian is piecewise
@@ -230,6 +231,14 @@ class _ProjectFn(torch.autograd.Function):
         return gx, (gr if ctx.needs_input_grad[1] else None), None, None, None, None
 
 
+def _radius_range(radius, dtype):
+    fi = torch.finfo(dtype)
+    return (f"radius = {radius:g} is not representable in {dtype}: it rounds to "
+            f"{'inf' if radius > 1 else 0} (the largest is {fi.max:g}, the smallest positive "
+            f"{fi.smallest_normal * fi.eps:g}); rescale x and the radius together (the "
+            "projections are scale-equivariant: y(s·x; s·r) = s·y(x; r)) or use float64")
+
+
 def _project(x, p, radius, dim, kind, masked):
     if p not in (1, 2, INF):
         raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}")
@@ -248,10 +257,15 @@ def _project(x, p, radius, dim, kind, masked):
     x2 = xt.reshape(-1, n).contiguous()
     B = x2.shape[0]
     radius = _as_number_or_tensor(radius, "radius")
+    fi = torch.finfo(x.dtype)
     if torch.is_tensor(radius):
         rr = radius.to(dtype=x.dtype, device=x.device)
-        if not bool(torch.isfinite(rr).all() & (rr > 0).all()):
+        if not bool(torch.isfinite(radius).all() & (radius > 0).all()):
             raise DDNError("radius must be finite and positive")
+        if not bool(torch.isfinite(rr).all() & (rr > 0).all()):  # fine before the cast
+            big = not bool(torch.isfinite(rr).all())
+            raise DDNError(_radius_range(float(radius.detach().amax() if big else
+                                               radius.detach().amin()), x.dtype))
         # the shape with shape[dim] = 1 first: it is how r broadcasts against x and y (a (B, 1)
         # radius for x of shape (A, B, n) is per dim 1 even when A = B)
         r = _rows_of(rr, red_shape, dim, B, "radius", keepdim=True)
@@ -259,6 +273,8 @@ def _project(x, p, radius, dim, kind, masked):
         radius = float(radius)
         if not (radius > 0 and radius != INF):
             raise DDNError(f"radius must be a finite positive number, got {radius}")
+        if not (radius <= fi.max and float(torch.tensor(radius, dtype=x.dtype)) > 0):
+            raise DDNError(_radius_range(radius, x.dtype))
         r = torch.full((B,), radius, dtype=x.dtype, device=x.device)
     use_kernel = _kernels.usable(x2)
     if not use_kernel and not bool(torch.isfinite(x2).all()):

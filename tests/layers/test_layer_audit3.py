@@ -84,3 +84,40 @@ def test_sphere_gradient_at_a_non_unique_nearest_point_is_the_documented_branch(
                     -1, k[:, None]))
             fd = _one_sided(lambda a, b: T.project_sphere(a, p, b[:, None]), x0, r, u, ur)
             assert torch.allclose((fd * v).sum(-1), (gx * u).sum(-1) + gr * ur, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- radius / alpha
+@pytest.mark.parametrize("bad", [1e-46, 1e39])
+def test_radius_that_rounds_to_zero_or_inf_is_a_ddnerror(bad, backend):
+    """float32: radius 1e-46 passed the check on the Python float, then rounded to 0 (y = 0, NaN
+    gradients for p = 2), and 1e39 crashed in torch.full with 'value cannot be converted to type
+    float without overflow'. Now a DDNError names the dtype's range."""
+    x = torch.tensor([[0.5, -1.0, 2.0, 0.25]])
+    for p in (1, 2, INF):
+        for f in (T.project_sphere, T.project_ball):
+            for r in (bad, torch.tensor(bad, dtype=F64)):
+                with pytest.raises(DDNError, match="not representable"):
+                    f(x, p, r)
+    with pytest.raises(DDNError, match="not representable"):
+        T.project_simplex(x, bad)
+
+
+@pytest.mark.parametrize("dtype,tiny", [(torch.float64, 1e-310), (torch.float32, 1e-40)])
+@pytest.mark.parametrize("kind", ["sphere", "ball"])
+def test_subnormal_radius_gives_the_scaled_gradient(kind, dtype, tiny, backend):
+    """The p = 2 kernel backward formed ŷ = y·(1/r); 1/r overflows for a subnormal r, so the
+    gradient was NaN (the eager code divides). For p = 2, ∂L/∂x = (r/‖x‖)(I − ŷŷᵀ)v is r times
+    its value at r = 1 and ∂L/∂r = ŷᵀv does not depend on r."""
+    x0 = torch.tensor([[0.5, -1.0, 2.0, 0.25]], dtype=dtype)
+    v = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=dtype)
+    f = T.project_sphere if kind == "sphere" else T.project_ball
+    grads = []
+    for r0 in (1.0, tiny):
+        x, r = x0.clone().requires_grad_(), torch.tensor(r0, dtype=dtype, requires_grad=True)
+        y = f(x, 2, r)
+        gx, gr = torch.autograd.grad(y, (x, r), v)
+        grads.append((gx.double() / r0, gr.double()))
+    tol = 1e-9 if dtype == F64 else 1e-3
+    assert torch.isfinite(grads[1][0]).all()
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=tol, atol=tol)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=tol, atol=tol)
