@@ -32,8 +32,10 @@ Degenerate points (``H = Σφ'' = 0``), handled explicitly:
   ``1/n`` (cannot win over the median start, which always has an inlier);
 * otherwise (pseudo-Huber underflow, Welsch at a flat point): zero gradient and a ``DDNWarning``.
 
-Bad input: empty pooled dim, NaN/Inf, non-positive α, ``|x|/α`` so large that ``(x/α)²``
-overflows, or ``x`` so large that ``Σx`` or ``max x − min x`` overflow raise ``DDNError``. A pooled dim of size 1 returns ``y = x`` (gradient 1); all-equal
+Bad input: empty pooled dim, NaN/Inf, non-positive α, α outside the dtype's normal range
+(subnormal: ``1/α`` overflows and the kernel returned wrong results), ``|x|/α`` so large that
+``(x/α)²`` overflows, or ``x`` so large that ``Σx`` or ``max x − min x`` overflow raise
+``DDNError``. A pooled dim of size 1 returns ``y = x`` (gradient 1); all-equal
 values return that value (gradient ``1/n``). Tiny or huge α (with x on its scale) are fine: the
 Welsch and truncated-quadratic solvers and weights work in ``u = z/α`` and never form α².
 
@@ -361,6 +363,14 @@ class _RobustPoolFn(torch.autograd.Function):
         return gx, ga, None, None
 
 
+def _alpha_range(alpha, dtype):
+    fi = torch.finfo(dtype)
+    return (f"alpha = {alpha:g} is outside the normal range [{fi.tiny:g}, {fi.max:g}] of {dtype} "
+            "(a subnormal alpha has lost its precision and 1/alpha overflows; a larger one is not "
+            "representable); rescale x and alpha together, y(s·x; s·alpha) = s·y(x; alpha), or "
+            "use float64")
+
+
 def _check_alpha_float(alpha):
     if not (alpha == alpha and abs(alpha) != float("inf") and alpha > 0):
         raise DDNError(f"alpha must be a finite positive number, got {alpha}")
@@ -403,15 +413,22 @@ def robust_pool(x, penalty="pseudo-huber", alpha=1.0, dim=-1, keepdim=False):
     x2 = xt.reshape(-1, n).contiguous()
     B = x2.shape[0]
     alpha = _as_number_or_tensor(alpha, "alpha")
+    fi = torch.finfo(x.dtype)
     if torch.is_tensor(alpha):
         a = alpha.to(dtype=x.dtype, device=x.device)
-        if not bool(torch.isfinite(a).all() & (a > 0).all()):
+        if not bool(torch.isfinite(alpha).all() & (alpha > 0).all()):
             raise DDNError("alpha must be finite and positive")
+        if not bool(torch.isfinite(a).all() & (a >= fi.tiny).all()):  # fine before the cast
+            big = not bool(torch.isfinite(a).all())
+            raise DDNError(_alpha_range(float(alpha.detach().amax() if big else
+                                              alpha.detach().amin()), x.dtype))
         a_rows = _rows_of(a, pooled_shape, dim, B, "alpha", keepdim)
         if not a_rows.requires_grad:
             a_rows = a_rows.contiguous()
     else:
         _check_alpha_float(float(alpha))
+        if not fi.tiny <= float(alpha) <= fi.max:
+            raise DDNError(_alpha_range(float(alpha), x.dtype))
         a_rows = torch.full((B,), float(alpha), dtype=x.dtype, device=x.device)
     if B == 0:  # empty batch: still in alpha's graph (a zero gradient), as torch layers are
         y = x2.sum(-1) + 0 * a_rows

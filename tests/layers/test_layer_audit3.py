@@ -121,3 +121,28 @@ def test_subnormal_radius_gives_the_scaled_gradient(kind, dtype, tiny, backend):
     assert torch.isfinite(grads[1][0]).all()
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=tol, atol=tol)
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype,bad", [(torch.float64, 1e-310), (torch.float32, 1e-40),
+                                       (torch.float32, 1e39)])
+@pytest.mark.parametrize("pen", ["pseudo-huber", "huber", "welsch", "truncated-quadratic"])
+def test_alpha_outside_the_dtypes_normal_range_is_a_ddnerror(pen, dtype, bad, backend):
+    """A subnormal α (1/α overflows) gave the kernel wrong answers — pseudo-Huber and Welsch
+    returned the mean with a zero gradient and a misleading warning, the truncated quadratic
+    disagreed with the eager code — and α = 1e39 in float32 crashed in torch.full. Now a DDNError
+    names the range and the remedy (rescale x and α together)."""
+    x = torch.tensor([[0.0, 1.0, 2.0, 10.0]], dtype=dtype) * min(bad, 1.0)
+    for a in (bad, torch.tensor([bad], dtype=F64)):
+        with pytest.raises(DDNError, match="normal range"):
+            T.robust_pool(x, pen, a)
+
+
+def test_smallest_normal_alpha_and_radius_still_work(backend):
+    """The new range checks reject nothing that is representable and normal."""
+    tiny = torch.finfo(F64).tiny
+    x = torch.tensor([[0.0, 1.0, 2.0, 10.0]], dtype=F64) * tiny
+    y = T.robust_pool(x, "pseudo-huber", tiny)
+    yr = T.robust_pool(x / tiny, "pseudo-huber", 1.0)
+    assert torch.allclose(y / tiny, yr, rtol=1e-10)
+    yp = T.project_sphere(x / tiny, 2, tiny)
+    assert torch.allclose((yp / tiny).norm(), torch.tensor(1.0, dtype=F64))
