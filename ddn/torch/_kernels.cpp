@@ -206,7 +206,26 @@ static int tq_local(const T* x, int64_t n, T a, T y, T& out, T& Hout) {
       s += inl ? x[i] : T(0);
     }
     T yn = cnt > 0 ? s / cnt : y;
-    if (yn == y) { out = y; Hout = cnt; return 0; }
+    if (yn == y) {
+      // A fixed point with points exactly at |y − x_i| = α (quantized data: integers, α = 1) is
+      // no minimum: min(z², α²) has a concave kink there, so f drops as y moves toward them.
+      // Counting the kink points on one side (the side with more; the left on a tie) as inliers
+      // is a valid majorizer at y (their z² = α² there): its minimizer lowers f strictly.
+      T cl = 0, sl = 0, cr = 0, sr = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        T z = y - x[i];
+        bool k = std::abs(z) == a;
+        cl += k && z > 0 ? T(1) : T(0);
+        sl += k && z > 0 ? x[i] : T(0);
+        cr += k && z < 0 ? T(1) : T(0);
+        sr += k && z < 0 ? x[i] : T(0);
+      }
+      if (cl + cr > 0) {
+        const bool left = cl >= cr;
+        yn = (s + (left ? sl : sr)) / (cnt + (left ? cl : cr));
+      }
+      if (yn == y) { out = y; Hout = cnt; return 0; }
+    }
     y = yn;
   }
   out = y;

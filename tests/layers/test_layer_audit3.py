@@ -146,3 +146,51 @@ def test_smallest_normal_alpha_and_radius_still_work(backend):
     assert torch.allclose(y / tiny, yr, rtol=1e-10)
     yp = T.project_sphere(x / tiny, 2, tiny)
     assert torch.allclose((yp / tiny).norm(), torch.tensor(1.0, dtype=F64))
+
+
+# ----------------------------------------------------------------------------- pooling kinks
+def _tq(y, x, a):
+    return 0.5 * np.minimum((y - x) ** 2, a * a).sum()
+
+
+def test_truncated_quadratic_on_quantized_data_returns_a_local_minimum(backend):
+    """Integer data with α = 1 put points exactly at |y − x_i| = α from an MM fixed point (the
+    median start y = 0 for x = (0,0,0,0,1,5,5,5)): the strict inlier test left them out, and that
+    fixed point — where f = Σ½min(z², α²) has a concave kink, so it is no local minimum — was
+    returned (y = 0, f = 2.0; y = 0.2 has f = 1.9). It happened in 39% of such rows."""
+    x = torch.tensor([0.0, 0, 0, 0, 1, 5, 5, 5], dtype=F64, requires_grad=True)
+    y = T.robust_pool(x, "truncated-quadratic", 1.0)
+    gx, = torch.autograd.grad(y, x)
+    assert abs(y.item() - 0.2) < 1e-15
+    assert torch.allclose(gx, torch.tensor([0.2] * 5 + [0.0] * 3, dtype=F64))
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 6, size=(300, 8)).astype(float)
+    for dtype in (F64, torch.float32):
+        Y = T.robust_pool(torch.tensor(X, dtype=dtype), "truncated-quadratic", 1.0).double()
+        for xr, yr in zip(X, Y.numpy()):
+            f0 = _tq(yr, xr, 1.0)
+            assert min(_tq(yr + 1e-3, xr, 1.0), _tq(yr - 1e-3, xr, 1.0)) >= f0 - 1e-9, (xr, yr)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_huber_gradient_at_an_exact_kink_is_the_inlier_side_one(dtype, backend):
+    """x = (0, 0, 1.5), α = 1: y = 0.5 and x_3 sits exactly at |y − x_3| = α. Documented: the
+    point counts as an inlier, ∂y/∂x = (⅓, ⅓, ⅓), ∂y/∂α = 0 — the one-sided derivatives as x_3
+    decreases or α increases (from the other side: (½, ½, 0) and ½). Finite on both backends."""
+    x0 = torch.tensor([0.0, 0.0, 1.5], dtype=dtype)
+    x, a = x0.clone().requires_grad_(), torch.tensor(1.0, dtype=dtype, requires_grad=True)
+    y = T.robust_pool(x, "huber", a)
+    gx, ga = torch.autograd.grad(y, (x, a))
+    assert y.item() == 0.5
+    tol = dict(atol=1e-6, rtol=0) if dtype == F64 else dict(atol=1e-3, rtol=0)
+    assert torch.allclose(gx.double(), torch.full((3,), 1 / 3, dtype=F64), **tol)
+    assert abs(ga.item()) <= tol["atol"]
+    h = 1e-6 if dtype == F64 else 1e-3
+    e3 = torch.tensor([0.0, 0, 1], dtype=dtype)
+    pool = lambda xx, aa: T.robust_pool(xx, "huber", aa).item()  # noqa: E731
+    inl = (pool(x0 - h * e3, 1.0) - 0.5) / -h   # x_3 decreases: stays an inlier
+    out = (pool(x0 + h * e3, 1.0) - 0.5) / h    # x_3 increases: an outlier
+    up = (pool(x0, 1.0 + h) - 0.5) / h
+    down = (pool(x0, 1.0 - h) - 0.5) / -h
+    assert abs(inl - 1 / 3) < 1e-3 and abs(out) < 1e-3
+    assert abs(up) < 1e-3 and abs(down - 0.5) < 1e-3
