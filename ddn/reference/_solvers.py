@@ -194,6 +194,16 @@ def constrained_solve(node, x):
             "your own solve(x).")
     y = polish_kkt(node, x, y, scale=s)
     if node.method == "trust-constr":
+        def better(start, method, scale, y, res, kkt):
+            """Run ``method`` on f/scale from ``start``; keep its polished answer if better."""
+            res2, y2, viol2 = attempt(start, method, scale)
+            if viol2 <= node.feas_tol:
+                y2 = polish_kkt(node, x, y2, scale=scale)
+                kkt2 = node.kkt_residual(x, y2)
+                if kkt2["residual"] < kkt["residual"]:
+                    return y2, res2, kkt2
+            return y, res, kkt
+
         kkt = node.kkt_residual(x, y)
         if not kkt["residual"] <= kkt["tol"]:
             # trust-constr (interior point) stops strictly inside an active inequality (g ≈
@@ -201,11 +211,15 @@ def constrained_solve(node, x):
             # plain projection onto a ball was "did not converge"; on f ×1e-4 it stops on xtol
             # before stationarity. An active-set method (SLSQP, on f/s) run from that point
             # identifies the active set; keep its answer if it is better.
-            res2, y2, viol2 = attempt(y, "SLSQP", s_slsqp)
-            if viol2 <= node.feas_tol:
-                y2 = polish_kkt(node, x, y2, scale=s_slsqp)
-                if node.kkt_residual(x, y2)["residual"] < kkt["residual"]:
-                    y, res = y2, res2
+            y, res, kkt = better(y, "SLSQP", s_slsqp, y, res, kkt)
+        if not kkt["residual"] <= kkt["tol"] and s_slsqp != 1.0:
+            # on f ×1e-6 its steps are as small as the gradient: it ran out of iterations 0.5
+            # away from the answer (1 random ball projection in 20), too far for SLSQP to end
+            # feasible. Run it once more on f/s (only now, so that answers it finds are
+            # unchanged), then SLSQP from there as above.
+            y, res, kkt = better(y0, "trust-constr", s_slsqp, y, res, kkt)
+            if not kkt["residual"] <= kkt["tol"]:
+                y, res, kkt = better(y, "SLSQP", s_slsqp, y, res, kkt)
     return _finish(node, x, y, res.message)
 
 
