@@ -194,9 +194,24 @@ static int welsch_local(const T* x, int64_t n, T a, T y, T& out, T& fout, T& Hou
   return 1;
 }
 
-// MM for the truncated quadratic: y ← mean of the inliers |y − x_i| < α, to its fixed point.
+// f/α² = Σ ½ min(u², 1), u = (y − x_i)/α: free of α², which under/overflows for tiny/huge α.
 template <typename T>
-static int tq_local(const T* x, int64_t n, T a, T y, T& out, T& Hout) {
+static T tq_objective(const T* x, int64_t n, T a, T y) {
+  T f = 0;
+  const T ia = T(1) / a;
+#pragma omp simd reduction(+ : f)
+  for (int64_t i = 0; i < n; ++i) {
+    T u = (y - x[i]) * ia, q = T(0.5) * u * u;
+    f += q < T(0.5) ? q : T(0.5);
+  }
+  return f;
+}
+
+// MM for the truncated quadratic: y ← mean of the inliers |y − x_i| < α, to its fixed point;
+// fout = f/α² there (tq_objective, computed in the fixed point's last pass).
+template <typename T>
+static int tq_local(const T* x, int64_t n, T a, T y, T& out, T& Hout, T& fout) {
+  const T ia = T(1) / a;
   for (int it = 0; it < 4 * MAX_ITER; ++it) {
     T cnt = 0, s = 0;
 #pragma omp simd reduction(+ : cnt, s)
@@ -211,9 +226,12 @@ static int tq_local(const T* x, int64_t n, T a, T y, T& out, T& Hout) {
       // no minimum: min(z², α²) has a concave kink there, so f drops as y moves toward them.
       // Counting the kink points on one side (the side with more; the left on a tie) as inliers
       // is a valid majorizer at y (their z² = α² there): its minimizer lowers f strictly.
-      T cl = 0, sl = 0, cr = 0, sr = 0;
+      // The same pass sums f/α² (as tq_objective), which the caller needs at the fixed point.
+      T f = 0, cl = 0, sl = 0, cr = 0, sr = 0;
+#pragma omp simd reduction(+ : f, cl, sl, cr, sr)
       for (int64_t i = 0; i < n; ++i) {
-        T z = y - x[i];
+        T z = y - x[i], u = z * ia, q = T(0.5) * u * u;
+        f += q < T(0.5) ? q : T(0.5);
         bool k = std::abs(z) == a;
         cl += k && z > 0 ? T(1) : T(0);
         sl += k && z > 0 ? x[i] : T(0);
@@ -224,26 +242,14 @@ static int tq_local(const T* x, int64_t n, T a, T y, T& out, T& Hout) {
         const bool left = cl >= cr;
         yn = (s + (left ? sl : sr)) / (cnt + (left ? cl : cr));
       }
-      if (yn == y) { out = y; Hout = cnt; return 0; }
+      if (yn == y) { out = y; Hout = cnt; fout = f; return 0; }
     }
     y = yn;
   }
   out = y;
   Hout = 0;
+  fout = tq_objective(x, n, a, y);
   return 1;
-}
-
-// f/α² = Σ ½ min(u², 1), u = (y − x_i)/α: free of α², which under/overflows for tiny/huge α.
-template <typename T>
-static T tq_objective(const T* x, int64_t n, T a, T y) {
-  T f = 0;
-  const T ia = T(1) / a;
-#pragma omp simd reduction(+ : f)
-  for (int64_t i = 0; i < n; ++i) {
-    T u = (y - x[i]) * ia, q = T(0.5) * u * u;
-    f += q < T(0.5) ? q : T(0.5);
-  }
-  return f;
 }
 
 // Counts #(x < t) and #(x <= t) in one vectorized pass (rows are < 2^31 long: int32 lanes).
@@ -375,10 +381,8 @@ static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H)
       s1 = welsch_local(x, n, a, mean, y1, f1, H1);
       s2 = welsch_local(x, n, a, median, y2, f2, H2);
     } else {
-      s1 = tq_local(x, n, a, mean, y1, H1);
-      s2 = tq_local(x, n, a, median, y2, H2);
-      f1 = tq_objective(x, n, a, y1);
-      f2 = tq_objective(x, n, a, y2);
+      s1 = tq_local(x, n, a, mean, y1, H1, f1);
+      s2 = tq_local(x, n, a, median, y2, H2, f2);
     }
     // the lower objective; near-ties (rounding level) keep the smaller y, as the eager code
     const T tol = 8 * Eps<T>::v * T(n) * (P == WELSCH ? T(1) : T(0.5));  // f in φ's ceiling
