@@ -60,7 +60,10 @@ def newton_solve(node, x):
     """Minimize ``node.objective(x, ·)`` from ``node.initial_guess(x)`` by damped Newton.
 
     Step: (H + τI) d = −∇f with the smallest τ ≥ 0 that makes the matrix positive definite,
-    then backtrack until f decreases (Armijo). Converged when ‖∇_Y f‖∞ ≤ tol·(1 + ‖∇_Y f(y₀)‖∞).
+    then backtrack until f decreases (Armijo). Converged when ‖∇_Y f‖∞ ≤ tol·(1 + ‖∇_Y f(y₀)‖∞),
+    or when H ≻ 0 and the Newton step is at the rounding level of y (the gradient is then
+    rounding noise: with a good initial guess and large terms, e.g. Σeᵘ − xᵀu at x ~ 1e6, that
+    noise is above the first threshold, and y could not be improved).
 
     Returns (y, ctx) with ctx = {"iterations", "residual"}; raises DDNError when it does not
     converge in ``node.max_iter`` iterations.
@@ -86,8 +89,10 @@ def newton_solve(node, x):
             break
         H = quiet(Hf, y).reshape(node.m, node.m)
         H = 0.5 * (H + H.T)
-        d = _descent_direction(H, gy)
-        if np.max(np.abs(gy)) <= gtol:
+        d, tau = _descent_direction(H, gy)
+        at_rounding = tau == 0.0 and np.max(np.abs(d)) <= 4 * np.finfo(float).eps * (
+            1.0 + np.max(np.abs(y)))
+        if np.max(np.abs(gy)) <= gtol or at_rounding:
             # converged; one more full step takes y to machine precision (quadratic
             # convergence), which finite-difference checks of Dy need
             g_new = quiet(g, y + d)
@@ -115,8 +120,8 @@ def newton_solve(node, x):
 
 
 def _descent_direction(H, g):
-    """d = −(H + τI)⁻¹ g with the smallest τ in {0, 1e-8·s, 1e-6·s, …} making H + τI positive
-    definite (s = max(1, ‖H‖))."""
+    """(d, τ): d = −(H + τI)⁻¹ g with the smallest τ in {0, 1e-8·s, 1e-6·s, …} making H + τI
+    positive definite (s = max(1, ‖H‖)); τ = inf and d = −g when none does."""
     m = H.shape[0]
     s = max(1.0, float(np.max(np.abs(H))))
     for tau in (0.0, *(s * 10.0 ** k for k in range(-8, 4))):
@@ -124,8 +129,8 @@ def _descent_direction(H, g):
             L = np.linalg.cholesky(H + tau * np.eye(m))
         except np.linalg.LinAlgError:
             continue
-        return -np.linalg.solve(L.T, np.linalg.solve(L, g))
-    return -g
+        return -np.linalg.solve(L.T, np.linalg.solve(L, g)), tau
+    return -g, float("inf")
 
 
 def _objective_scale(f, y0):
