@@ -167,7 +167,8 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
         residual_tol: largest optimality residual accepted.
         seed: for the random v of the vjp check (and the random directions).
         directions: None (every coordinate: 2n solves) or k, to compare Dy·u with a finite
-            difference along k random unit directions u (2k solves; for large n).
+            difference along k random directions u (2k solves; for large n): unit vectors
+            with coordinate j then scaled by max(1, |x_j|), like the coordinate steps.
     Returns:
         :class:`GradientReport`. DDNWarnings raised while checking are recorded in
         ``messages`` instead of propagating; DDNErrors are reported with ``ok=False``.
@@ -200,7 +201,11 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
             U = None
             if directions is not None:
                 U = rng.standard_normal((x.size, int(directions)))
+                # unit directions, each coordinate then scaled by max(1, |x_j|) as the
+                # coordinate steps are: with x ~ 1e8 a step of 1e-5 along a unit u was at the
+                # rounding level of x, and a correct linear node failed (rel. error 1e-3)
                 U /= np.linalg.norm(U, axis=0)
+                U *= np.maximum(1.0, np.abs(x))[:, None]
             sides = ["central"] + (["forward", "backward"] if diag["weakly_active"] else [])
             fds = {s: finite_difference_jacobian(lambda z: node.solve(z)[0], x, eps, s, U)
                    for s in sides}

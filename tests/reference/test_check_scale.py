@@ -62,3 +62,24 @@ def test_zero_jacobian_still_passes():
     """ReLU of negative inputs: y = 0 and Dy = 0 exactly; the zero allowance must not fail it."""
     report = check_gradient(ReLUNode(3), np.array([-1.0, -2.0, -0.5]))
     assert report.ok, str(report)
+
+
+class LinearNode(QuadraticNode):
+    """y = −P⁻¹Qx (Dy = −P⁻¹Q), solved in closed form."""
+
+    def solve(self, x):
+        return self.closed_form(self._check_x(x)), {}
+
+
+class OffByOnePercent(LinearNode):
+    def jacobian(self, x, y=None, ctx=None):
+        return 1.01 * super().jacobian(x, y, ctx)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4, 1e8])
+def test_random_directions_scale_their_steps_with_x(scale):
+    """directions=k stepped eps along a unit u whatever x: at x ~ 1e8 that step is at the
+    rounding level of x, and a correct linear node failed with a relative error of 1e-3."""
+    x = scale * X
+    assert check_gradient(LinearNode(P, Q), x, directions=2).ok
+    assert not check_gradient(OffByOnePercent(P, Q), x, directions=2).ok
