@@ -133,7 +133,9 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
             False) or ``"minres"``.
         tol, max_iter: of the iterative solvers (defaults 1e-10 / 1e-5 by dtype, ``10 N``).
         singular: ``None`` (report singular ``K``), ``"pinv"`` (``w = K⁺v``, dense only) or
-            ``"proximal"`` (``K + δI`` on the primal block, ``δ = proximal_delta``).
+            ``"proximal"`` (``K + δI`` on the primal block and ``− δI`` on the multiplier block,
+            ``δ = proximal_delta``: ``[[H + δI, −Aᵀ], [−A, −δI]]`` is nonsingular also for
+            rank-deficient ``A``, which a primal shift alone leaves singular).
         n_primal: size of ``y`` within ``z`` (default N).
         spd: whether ``K`` should be positive definite (True for an unconstrained minimum): an
             indefinite ``K`` is then reported.
@@ -212,6 +214,7 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
         if delta:
             pdiag = torch.zeros(N, dtype=dtype, device=z.device)
             pdiag[:n_primal] = delta
+            pdiag[n_primal:] = -delta  # regularised KKT: nonsingular for rank-deficient A too
 
         if linear_solver == "dense":
             K = batched_hessian(g, z, create_graph=create_graph)  # K = ∇²_zz ℒ  (H, or KKT)

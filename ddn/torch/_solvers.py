@@ -185,18 +185,23 @@ def _kkt_step(K, g, differentiable):
     return -torch.where(piv[:, None], d0, dg), piv
 
 
-def _primal_converged(K, z, g, tol, n_primal):
-    """The stationarity block on its own scale: ``‖∇_y ℒ‖ ≤ tol · s_y``, ``s_y = ‖(|K| u)_y‖_∞``
-    with ``u = [1 + |y|; |λ|]`` (``|H|(1 + |y|) + |A|ᵀ|λ|``: the size of the terms of ``∇f − Aᵀλ``).
-    The joint scale ``s`` of the whole KKT residual is set by the constraint rows (O(‖A‖)) and by
-    the ``1 +`` of the multipliers' entries: for an objective ``c·f`` with ``c ≪ 1`` it let
-    ``∇_y ℒ`` stop at ``tol · ‖A‖``, i.e. multipliers (of size ``c``) wrong by ``tol / c`` relative,
-    and through ``D²_YY L`` a float32 gradient wrong by ~1e-3 at ``c = 10⁻⁴``."""
+def _blocks_converged(K, z, g, tol, n_primal):
+    """Each block of the KKT residual on its own scale: ``‖∇_y ℒ‖ ≤ tol · s_y`` and ``‖h‖ ≤ tol · s_h``
+    with ``s = ‖|K| u‖_∞`` over the block's rows, ``u = [1 + |y|; |λ|]``: ``s_y`` is the size of the
+    terms of ``∇f − Aᵀλ`` (``|H|(1 + |y|) + |A|ᵀ|λ|``), ``s_h`` that of the constraints' terms
+    (``|A|(1 + |y|)``). The joint scale ``s`` of the whole residual mixes them:
+    - for an objective ``c·f`` with ``c ≪ 1`` it is set by the constraint rows (O(‖A‖)) and the
+      ``1 +`` of the multipliers, so ``∇_y ℒ`` stopped at ``tol · ‖A‖``: multipliers (of size ``c``)
+      wrong by ``tol / c`` relative, a float32 gradient wrong by ~1e-3 at ``c = 10⁻⁴``;
+    - near rank-deficient constraints the multipliers grow huge (1e7) and ``Aᵀ|λ|`` in ``s`` let a
+      constraint violation of 1e-3 pass as converged in float64."""
     m = n_primal
     zd = z.detach()
     u = torch.cat([1 + zd[:, :m].abs(), zd[:, m:].abs()], -1)
-    sy = gradient_scale((K.detach()[:, :m].abs() @ u.unsqueeze(-1)).squeeze(-1))
-    return g.detach()[:, :m].norm(dim=-1) <= tol * sy
+    Ku = (K.detach().abs() @ u.unsqueeze(-1)).squeeze(-1)
+    gd = g.detach()
+    return ((gd[:, :m].norm(dim=-1) <= tol * gradient_scale(Ku[:, :m]))
+            & (gd[:, m:].norm(dim=-1) <= tol * gradient_scale(Ku[:, m:])))
 
 
 def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=30, n_primal=None):
@@ -209,7 +214,7 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
     Newton direction was useless there, e.g. a singular KKT matrix — not merely out of iterations),
     ``singular_end`` (with ``differentiable``: the KKT matrix is singular at the final iterate, so
     the iterate has no derivative there). ``n_primal`` (the size of ``y`` in ``z``): converged
-    also needs the stationarity block on its own scale (see :func:`_primal_converged`).
+    also needs each block (stationarity, constraints) on its own scale (see :func:`_blocks_converged`).
     """
     z = z0 if differentiable else z0.detach()
 
@@ -229,7 +234,7 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
         sc = _scale(K, z)  # s = ‖K (1 + |z|)‖_∞
         conv = gn <= tol * sc
         if n_primal is not None and 0 < n_primal < z.shape[1]:
-            conv = conv & _primal_converged(K, z, g, tol, n_primal)
+            conv = conv & _blocks_converged(K, z, g, tol, n_primal)
         if bool(conv.all()) or it == max_iter:
             if differentiable and z.requires_grad:
                 d, singular_end = _kkt_step(K, g, True)

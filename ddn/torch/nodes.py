@@ -76,7 +76,10 @@ class DeclarativeNode:
             and testing).
         tol, max_iter: of the iterative linear solvers.
         singular: ``None`` (report singular ``H``), ``"pinv"`` or ``"proximal"`` (opt-in remedies).
-        proximal_delta: δ of ``H + δI`` for ``singular="proximal"``.
+        proximal_delta: δ of ``H + δI`` for ``singular="proximal"``. A constrained node then
+            solves the regularised KKT matrix ``[[H + δI, −Aᵀ], [−A, −δI]]`` with least-norm
+            multipliers: nonsingular also where the active constraints are rank-deficient (the
+            primal block alone cannot mend a dependent ``A``), an O(δ) bias as for ``H + δI``.
         on_degenerate: ``"warn"`` (DDNWarning) or ``"error"`` (DDNError).
         residual_tol: the gradient is reported where the optimality residual ‖∇ℒ‖ exceeds
             ``residual_tol · s`` (1e-6 / 1e-3 by dtype), ``s = ‖K (1 + |z|)‖_∞`` the size of
@@ -377,15 +380,19 @@ class DeclarativeNode:
         # Gram matrix of the active constraint gradients, identity rows for inactive ones
         M = Am @ Am.transpose(1, 2) + torch.diag_embed(1 - maskf)
         rhs = (Am @ gf.unsqueeze(-1)).squeeze(-1)
-        sing = "pinv" if self.singular == "pinv" else None
+        # least-norm multipliers under both remedies: a plain solve of the singular Gram matrix
+        # returns multipliers of size 1/eps along the dependency, which swamp D²_YY L
+        sing = "pinv" if self.singular in ("pinv", "proximal") else None
         lam_ls, minfo = _linalg.solve_dense(M, rhs, singular=sing)
         finite = torch.isfinite(yf.detach()).all(1)
         rank_def = minfo["singular"] & finite
-        if rank_def.any() and sing is None:  # with singular="pinv" the remedy was chosen
+        if rank_def.any() and sing is None:  # with singular="pinv"/"proximal" the remedy was chosen
             report("the gradients of the equality and active inequality constraints are linearly "
-                   "dependent (rank-deficient; not a regular point, Def. 4.3)", rank_def,
+                   "dependent (rank-deficient; not a regular point, Def. 4.3); the gradient is "
+                   "unreliable", rank_def,
                    "Remedy: remove redundant constraints, or opt in to singular='pinv' (least-norm "
-                   "multipliers and a pseudo-inverse of the KKT matrix).", self.on_degenerate)
+                   "multipliers and a pseudo-inverse of the KKT matrix) or singular='proximal' "
+                   "(regularised KKT matrix, O(proximal_delta) bias).", self.on_degenerate)
         given = ctx.get("multipliers")
         if given is not None and not create_graph:
             lam = torch.as_tensor(given, dtype=yf.dtype, device=yf.device)
