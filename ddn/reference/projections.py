@@ -25,7 +25,9 @@ Inside the ball (‖x‖_p < r):
   every coordinate (so ``S`` is everything, ``Dy = I − s sᵀ/n``); p = ∞ moves the largest-magnitude
   coordinate (the first on ties) to the face. ``sign(0)`` is taken as +1.
 * ``x = 0`` on the p = 2 sphere: every point is nearest; we return ``r·1/√n`` and a zero gradient
-  w.r.t. ``x`` (the derivative does not exist) with a ``DDNWarning``. p = 1, ∞ need no special case.
+  w.r.t. ``x`` (the derivative does not exist) with a ``DDNWarning``. On the p = 1 (∞) sphere every
+  ``(±r/n, …)`` (every ``±r e_i``) is nearest: the gradient is that of the branch returned,
+  ``(r/n)·1`` (``r e_1``), with a ``DDNWarning`` too (as in ``ddn.torch``).
 """
 import warnings
 
@@ -121,12 +123,26 @@ def project_simplex(x, radius=1.0):
     return _shrink(x, float(radius))
 
 
+def _warn_zero_on_sphere(x, p):
+    """x = 0 on the L1 / L∞ sphere: the nearest point is not unique (every (±r/n, …), resp.
+    every ±r e_i), y is not differentiable; say so, as for p = 2 and as ddn.torch does (the
+    reference floor returned the chosen branch's gradient without a word)."""
+    if p != 2 and not np.any(x):
+        which = "every (±r/n, …)" if p == 1 else "every ±r e_i"
+        branch = "y = (r/n)·1" if p == 1 else "y = r e_1"
+        warnings.warn(f"projection of x = 0 onto the L{'1' if p == 1 else '∞'} sphere: {which} "
+                      f"is nearest, y is not differentiable; returning the gradient of the "
+                      f"branch {branch}", DDNWarning, stacklevel=4)
+
+
 def _proj_jacobians(x, y, p, r, masked, ball):
     """(Dy (n, n), dy/dr (n,)) at the projection y of x, per the module docstring."""
     n = x.size
     eye = np.eye(n)
     if ball and _norm(x, p) <= r:
         return eye, np.zeros(n)
+    if not ball:
+        _warn_zero_on_sphere(x, p)
     if p == 2:
         nrm = _norm(x, 2)
         if nrm == 0:
@@ -150,6 +166,8 @@ def _proj_vjp(x, y, v, p, r, masked, ball):
     """vᵀ Dy in O(n) without forming Dy: every Dy above is symmetric, diagonal minus rank one."""
     if ball and _norm(x, p) <= r:
         return v.copy()
+    if not ball:
+        _warn_zero_on_sphere(x, p)
     if p == 2:
         nrm = _norm(x, 2)
         if nrm == 0:
