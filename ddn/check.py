@@ -141,6 +141,16 @@ def _diagnose(node, x, y, ctx):
             "messages": list(opt.messages), "rule": opt.rule}
 
 
+def _gap_to_solver(node, x, y):
+    """max |node.solve(x) − y| (0 when the solver fails: nothing to say then)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DDNWarning)
+        try:
+            return float(np.max(np.abs(np.asarray(node.solve(x)[0], float) - np.asarray(y, float))))
+        except DDNError:
+            return 0.0
+
+
 def _unique(messages):
     """The messages in order, each once."""
     return list(dict.fromkeys(messages))
@@ -195,6 +205,7 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DDNWarning)
         try:
+            given = y is not None
             if y is None:
                 y, ctx = node.solve(x)
             x = np.asarray(x, dtype=float)
@@ -255,6 +266,13 @@ def check_gradient(node, *xs, y=None, ctx=None, eps=1e-5, rtol=1e-6, atol=1e-9,
     if not grad_ok:
         messages.append(f"implicit Dy differs from finite differences (max rel err "
                         f"{max_rel:.2e} > rtol {rtol:.0e})")
+        # the differences follow the solver's branch: a y given from another branch (two
+        # minima, Eq. 49–50) failed with "Dy differs from finite differences" and no why
+        gap = _gap_to_solver(node, x, y) if given else 0.0
+        if gap > 1e-6 * max(1.0, float(np.max(np.abs(y)))):
+            messages.append(f"the y given differs from node.solve(x) by {gap:.2e}: the finite "
+                            "differences follow the solver's solution, so they differentiate "
+                            "another solution than the y given (Sec. 4.7.4)")
     if not vjp_ok:
         messages.append(f"vjp differs from vᵀ jacobian by {vjp_err:.2e}")
     if not res_ok:

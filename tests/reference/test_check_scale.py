@@ -83,3 +83,14 @@ def test_random_directions_scale_their_steps_with_x(scale):
     x = scale * X
     assert check_gradient(LinearNode(P, Q), x, directions=2).ok
     assert not check_gradient(OffByOnePercent(P, Q), x, directions=2).ok
+
+
+def test_a_y_from_another_branch_is_named():
+    """TwoSolutionNode checked at the other minimum y = −1/√x: the finite differences follow
+    the solver's +1/√x, and the report only said "Dy differs from finite differences"."""
+    from ddn.reference import TwoSolutionNode
+    x = np.array([2.0])
+    report = check_gradient(TwoSolutionNode(1), x, y=np.array([-1 / np.sqrt(2)]))
+    assert not report.ok
+    assert any("y given differs from node.solve(x)" in m for m in report.messages)
+    assert check_gradient(TwoSolutionNode(-1), x, y=np.array([-1 / np.sqrt(2)])).ok
