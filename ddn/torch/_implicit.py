@@ -153,7 +153,9 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
 
     Returns:
         ``(grads, info)``: a tuple with one gradient (or None) per input, and a dict of per-element
-        diagnostics (``residual`` = ‖∇_z ℒ‖, ``residual_scale`` = s, ``converged``, ``singular``, ``cond``, ``K`` when dense).
+        diagnostics (``residual`` = ‖∇_z ℒ‖, ``residual_scale`` = s, ``converged``, ``singular``, ``cond``, ``K`` when dense;
+        with cg/minres ``negative_direction``: ``w_yᵀv < 0``, a certificate that ``H`` (on the
+        tangent space of the constraints) has a negative direction; it can miss one).
 
     Example (``y = x ⊙ w`` minimises ``½‖y‖² − (x ⊙ w)ᵀy``, so ``vᵀDy_x = v ⊙ w``)::
 
@@ -262,6 +264,25 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
                            "Remedy: check the solver (it should return a minimum), or ignore if a "
                            "stationary point is intended.", on_degenerate)
             info.update(sinfo)
+            # Second-order certificate from the solution itself: K w = [v; 0] gives A w_y = 0 and
+            # w_yᵀ v = w_yᵀ H w_y, so w_yᵀ v < 0 proves a direction of negative curvature of H (on
+            # the tangent space of the active constraints for a KKT matrix): y is a saddle or
+            # maximum. (MINRES's own certificate, vᵀKv < 0, says nothing for a KKT matrix, which is
+            # always indefinite.) It can miss one (v with no component along such a direction),
+            # never flags a minimum; above the solve's round-off, 100·tol·‖v‖‖w‖. Not under
+            # "proximal" for a KKT matrix (−δI on its multiplier block: A w_y ≠ 0).
+            wy, vy = w.detach()[:, :n_primal], v[:, :n_primal]
+            thr = 100 * max(tol, _linalg.eps_of(dtype)) * v.norm(dim=-1) * w.detach().norm(dim=-1)
+            cert = ((wy * vy).sum(-1) < -thr) & sinfo["converged"] & named
+            if n_primal < N and singular == "proximal":
+                cert = torch.zeros_like(cert)
+            if spd and linear_solver == "minres" and (cert & ~sinfo["indefinite"]).any():
+                report(f"{name} is indefinite (wᵀv = wᵀHw < 0 for the solution w of H w = v): y is a "
+                       "saddle point or a maximum, not a minimum; the gradient is that of this "
+                       "stationary point", cert & ~sinfo["indefinite"],
+                       "Remedy: check the solver (it should return a minimum), or ignore if a "
+                       "stationary point is intended.", on_degenerate)
+            info["negative_direction"] = cert
             bad = ~sinfo["converged"] & named
             if "negative_curvature" in sinfo:
                 bad = bad & ~sinfo["negative_curvature"]

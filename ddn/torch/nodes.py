@@ -73,7 +73,10 @@ class DeclarativeNode:
             Cholesky, LU fallback with residual check), ``"cg"`` (matrix-free conjugate gradients,
             MINRES for KKT systems), ``"minres"`` (MINRES always) or ``"unroll"``
             (``DeclarativeLayer`` differentiates through the solver's iterations instead; teaching
-            and testing).
+            and testing). A constrained node's point is checked to be a minimum (not a saddle
+            or maximum) exactly by the dense solver (inertia of the KKT matrix); cg/minres only
+            by a certificate, ``w_yᵀv < 0`` for the solution ``w`` of ``K w = [v; 0]``, which
+            misses a saddle whose negative direction the incoming gradient ``v`` does not see.
         tol, max_iter: of the iterative linear solvers.
         singular: ``None`` (report singular ``H``), ``"pinv"`` or ``"proximal"`` (opt-in remedies).
         proximal_delta: δ of ``H + δI`` for ``singular="proximal"``. A constrained node then
@@ -477,12 +480,16 @@ class DeclarativeNode:
             P = minfo["p"] + minfo["q"]
             finite = torch.isfinite(z.detach()).all(1) & torch.isfinite(vf).all(1)
             sad = (info["n_negative"] > P) & ~info["singular"] & ~minfo["rank_deficient"] & finite
-            if sad.any():
-                report("y is a KKT point but not a minimum (D²_YY L has a negative direction on "
-                       "the tangent space of the active constraints: a saddle or maximum); the "
-                       "gradient is that of this stationary point", sad,
-                       "Remedy: give the solver a better initial_guess, or write a solve that "
-                       "returns the minimum.", self.on_degenerate)
+        else:
+            # cg/minres: no inertia without K; the certificate w_yᵀv < 0 (see implicit_vjp) proves
+            # a saddle, but misses one where v has no component along the negative direction
+            sad = info["negative_direction"] & ~minfo["rank_deficient"]
+        if sad.any():
+            report("y is a KKT point but not a minimum (D²_YY L has a negative direction on "
+                   "the tangent space of the active constraints: a saddle or maximum); the "
+                   "gradient is that of this stationary point", sad,
+                   "Remedy: give the solver a better initial_guess, or write a solve that "
+                   "returns the minimum.", self.on_degenerate)
         info.update(minfo)
         info["lam"] = lam.detach()
         return grads, info
