@@ -448,8 +448,8 @@ static int pool_back_row(const T* x, int64_t n, T y, T a, T H, T v, T* gx, T& ga
         D += inl ? T(0) : (z > 0 ? T(1) : T(-1));
       }
     } else if constexpr (P == WELSCH) {
-      T hs = 0;
-#pragma omp simd reduction(+ : D, hs)
+      T hs = 0, sw = 0;
+#pragma omp simd reduction(+ : D, hs, sw)
       for (int64_t i = 0; i < n; ++i) {
         T u = (y - x[i]) * ia, u2 = u * u;
         T w = vexp(T(-0.5) * u2);
@@ -457,8 +457,17 @@ static int pool_back_row(const T* x, int64_t n, T y, T a, T H, T v, T* gx, T& ga
         gx[i] = c * d2;
         D += u * w * (u2 - T(2));
         hs += d2;
+        sw += w;
       }
       Hy = hs;
+      // A degenerate minimum (e.g. x = (0, 2), α = 1: two points 2α apart) has H = 0, but the
+      // solver fixes y there only to ~ε^⅓, so H came out ~ε^⅔·Σw > 0 and the gradient was ±1e5
+      // (backend-dependent). y is found to δ ≈ ε·Σw/H (relative to α), which moves H by
+      // ≈ 2δ·Σw: below 10√ε·Σw that is percents of H or more, so treat it as H = 0 (warned).
+      if (!(hs > 10 * std::sqrt(Eps<T>::v) * sw)) {
+        for (int64_t i = 0; i < n; ++i) gx[i] = 0;
+        return 1;
+      }
     } else {
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) gx[i] = std::abs(y - x[i]) < a ? c : T(0);

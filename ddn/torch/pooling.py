@@ -42,6 +42,10 @@ Degenerate points (``H = Σφ'' = 0``), handled explicitly:
 * truncated quadratic with no inlier: the objective is flat, ``y`` stays at the mean, gradient
   ``1/n`` (cannot win over the median start, which always has an inlier);
 * otherwise (pseudo-Huber underflow, Welsch at a flat point): zero gradient and a ``DDNWarning``.
+  Welsch's degenerate minima (``H = 0`` at a minimum, e.g. ``x = (0, 2)``, α = 1: two points 2α
+  apart) are found to ``y ± ε^⅓`` only, where ``H ≈ ε^⅔ Σw`` is rounding and gave gradients of
+  ±1e5; as y is found to ``≈ εΣw/H``, which moves H by percents once ``H < 10√ε Σw``
+  (``w = e^{−u²/2}``; 3.5e-3 in float32, 1.5e-7 in float64), such an H counts as ``H = 0``.
 
 Bad input: empty pooled dim, NaN/Inf, non-positive α, α outside the dtype's normal range
 (subnormal: ``1/α`` overflows and the kernel returned wrong results), ``|x|/α`` so large that
@@ -316,6 +320,9 @@ def _weights_eager(x, y, pen, a, need_alpha):
     d2, d1a = _scaled_d2_dalpha(z, pen, a, need_alpha)  # both times the same c > 0 (α² for Welsch)
     H = d2.sum(-1, keepdim=True)  # c·H, H = D²_YY f
     pos = H > 0
+    if pen == "welsch":  # a degenerate minimum: H below 10√ε·Σw is rounding (see _kernels.cpp)
+        sw = torch.exp(-0.5 * (z / a) ** 2).sum(-1, keepdim=True)
+        pos = H > 10 * torch.finfo(x.dtype).eps ** 0.5 * sw
     w = d2 / torch.where(pos, H, 1)  # Dy = −H⁻¹B, B_i = −φ''(y − x_i)
     da = None
     if need_alpha:
@@ -344,9 +351,11 @@ def _weights_eager(x, y, pen, a, need_alpha):
 
 def _warn_bad(pen, nbad):
     if nbad:
-        warnings.warn(f"robust_pool({pen!r}): H = Σφ'' ≤ 0 at the solution of {nbad} row(s); y is "
-                      "not differentiable there, their gradient is set to zero", DDNWarning,
-                      stacklevel=4)
+        warnings.warn(f"robust_pool({pen!r}): H = Σφ'' ≤ 0 at the solution of {nbad} row(s)"
+                      + (" (or a degenerate minimum, H ≈ 0: e.g. two points 2α apart)"
+                         if pen == "welsch" else "")
+                      + "; y is not differentiable there, their gradient is set to zero",
+                      DDNWarning, stacklevel=4)
 
 
 # ----------------------------------------------------------------------------- autograd

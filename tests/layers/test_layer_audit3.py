@@ -194,3 +194,23 @@ def test_huber_gradient_at_an_exact_kink_is_the_inlier_side_one(dtype, backend):
     down = (pool(x0, 1.0 - h) - 0.5) / -h
     assert abs(inl - 1 / 3) < 1e-3 and abs(out) < 1e-3
     assert abs(up) < 1e-3 and abs(down - 0.5) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_welsch_degenerate_minimum_warns_instead_of_a_huge_gradient(dtype, backend):
+    """x = (0, 2), α = 1 (two points 2α apart): f'' = 0 at the minimum y = 1, which the solver
+    fixes only to ~ε^⅓; H = Σφ'' then came out ~ε^⅔·Σw > 0 and the gradient was ±7.6e4 (eager
+    and kernel disagreeing by up to 60%), silently. Now such an H counts as H = 0: zero gradient
+    and the documented DDNWarning. Regular near-degenerate rows keep their gradient."""
+    for xs in ([0.0, 2.0], [0.0, 2.0, 10.0], [[0.0, 2.0], [0.0, 0.5]]):
+        x = torch.tensor(xs, dtype=dtype, requires_grad=True)
+        with pytest.warns(DDNWarning, match="degenerate minimum"):
+            y = T.robust_pool(x, "welsch", 1.0)
+            (gx,) = torch.autograd.grad(y.sum(), x)
+        assert torch.equal(gx.reshape(-1, x.shape[-1])[0], torch.zeros(x.shape[-1], dtype=dtype))
+        assert abs(float(y.detach().reshape(-1)[0]) - 1.0) < 1e-2
+        if x.dim() == 2:  # the regular row keeps its gradient (½, ½ by symmetry)
+            assert torch.allclose(gx[1], torch.full((2,), 0.5, dtype=dtype))
+    x = torch.tensor([0.0, 1.99], dtype=dtype, requires_grad=True)  # 2α(1 − 5e-3): regular
+    (gx,) = torch.autograd.grad(T.robust_pool(x, "welsch", 1.0), x)
+    assert torch.allclose(gx, torch.full((2,), 0.5, dtype=dtype), atol=1e-3)

@@ -367,10 +367,17 @@ def test_random_rows_with_ties_and_exact_kinks(backend):
         for pen in PENALTIES:
             yr = R.robust_pool(x, pen, a)
             xg = torch.tensor(x)[None].requires_grad_()
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
+            with warnings.catch_warnings(record=True) as rec:
+                warnings.simplefilter("always")
                 y = T.robust_pool(xg, pen, a)
                 (g,) = torch.autograd.grad(y.sum(), xg)
+            if pen == "welsch" and rec:
+                # a degenerate minimum (two points 2α apart, H = 0): the gradient was ±1e5 of
+                # rounding, which passed the sum-to-1 check below; now zero, with a warning
+                assert len(rec) == 1 and "degenerate minimum" in str(rec[0].message)
+                assert torch.equal(g, torch.zeros_like(g))
+                continue
+            assert not rec, [str(w.message) for w in rec]
             y = float(y.detach())
             if pen == "huber":
                 assert objective(x, y, pen, a) == pytest.approx(objective(x, yr, pen, a), abs=1e-10)
