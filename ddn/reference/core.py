@@ -683,7 +683,7 @@ class EqConstrainedNode(DeclarativeNode):
         """A = D_Y h̃ that is regular in floating point but within the accuracy of y of a
         rank-deficient one: the constraint surfaces are (nearly) tangent, e.g. the line u₂ = x
         touching the unit circle at x = 1 (Sec. 4.7.1), where y₁ = √(1 − x²) has Dy₁ = −x/√(1 −
-        x²) → ∞. y is only known to ε_h ≈ max(|h̃(y)|, eps·(1 + ‖A‖‖y‖)) in h̃, so along the
+        x²) → ∞. y is only known to ε_h ≈ max(|h̃(y)|, eps·‖A‖·max(1, ‖y‖)) in h̃, so along the
         weakest singular direction (σ, u, v) of A it is uncertain by δ with σδ + ½κδ² ≈ ε_h,
         κ = |vᵀ D²_YY(uᵀh̃) v|; the smallest singular value (and so Dy ~ 1/σ) is uncertain
         relatively by ρ = κ ε_h / σ². (The fixed rank threshold of A saw σ ≈ 5e-9 at x = 1 as
@@ -703,8 +703,8 @@ class EqConstrainedNode(DeclarativeNode):
             h = self.active_constraints_np(x, y, active)
         except (TypeError, ValueError, ArithmeticError, DDNError):
             return A, []
-        eps_h = max(float(np.max(np.abs(h))),
-                    np.finfo(float).eps * (1.0 + s[0] * float(np.linalg.norm(y))))
+        eps_h = max(float(np.max(np.abs(h))),  # scales with h̃, as κ and σ² do
+                    np.finfo(float).eps * s[0] * max(1.0, float(np.linalg.norm(y))))
         rho = kappa * eps_h / sigma ** 2
         if not np.isfinite(rho) or rho <= self.tangency_warn:
             return A, []

@@ -93,3 +93,26 @@ def test_within_rounding_of_tangency_warns_but_is_still_right():
     with pytest.warns(DDNWarning, match="nearly tangent"):
         J = node.jacobian(x, y, ctx)
     np.testing.assert_allclose(J[0, 0], _exact_dy1(x[0]), rtol=1e-3)
+
+
+class ScaledCircleLine(CircleLineNode):
+    """The circle and the line, both constraints ×c (the same y and Dy)."""
+
+    def __init__(self, c, **kw):
+        super().__init__(**kw)
+        self.c = c
+
+    def equality_constraints(self, x, y):
+        return self.c * super().equality_constraints(x, y)
+
+
+@pytest.mark.parametrize("c", [1e-12, 1e-6, 1e6])
+def test_tangency_estimate_does_not_depend_on_the_constraints_scale(c):
+    """ρ = κ·ε_h/σ² must not change when h̃ is multiplied by c (the rounding allowance of h̃ had
+    a fixed eps·1 term: ×1e-12 constraints warned 'nearly tangent' at x = 0.5)."""
+    node, x = ScaledCircleLine(c), np.array([0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DDNWarning)
+        y, ctx = node.solve(x)
+        J = node.jacobian(x, y, ctx)
+    np.testing.assert_allclose(J[:, 0], [_exact_dy1(0.5), 1.0], rtol=1e-7)
