@@ -164,13 +164,30 @@ def _bdot(a, b):
     return (a * b).sum(-1)
 
 
-def cg(matvec, r, *, tol, max_iter):
+def _check_every(r, check_every):
+    """How often the loops ask whether every element is done: ``bool(done.all())`` makes the host
+    wait for the device, one sync per iteration on CUDA (cg backward 31–48 ms against 5–6 ms dense
+    on an H100 at m = 256, b = 16). Every 8 iterations on CUDA, every one on CPU (no sync to save,
+    and no extra iterations). An element already done takes zero steps, so the iterations past the
+    point where all are done change nothing."""
+    if check_every is not None:
+        return max(1, int(check_every))
+    return 8 if r.device.type == "cuda" else 1
+
+
+def _iterations(iters):
+    return int(iters.max()) if iters.numel() else 0
+
+
+def cg(matvec, r, *, tol, max_iter, check_every=None):
     """Conjugate gradients for the batch ``K w = r``, ``K`` symmetric positive definite given as
     ``matvec(u) = K u`` on ``(b, N)`` tensors. Stops element-wise when ``‖r − Kw‖ ≤ tol ‖r‖``.
 
     Returns ``w`` and ``info`` with ``converged``, ``negative_curvature`` (``pᵀKp ≤ 0`` met: ``K`` is
-    not positive definite) and ``iterations``.
+    not positive definite) and ``iterations`` (the most steps any element took; the loop itself
+    tests for the end only every ``check_every`` iterations, see :func:`_check_every`).
     """
+    k = _check_every(r, check_every)
     w = torch.zeros_like(r)
     res = r
     p = r
@@ -178,11 +195,11 @@ def cg(matvec, r, *, tol, max_iter):
     thresh = (tol * r.norm(dim=-1)).detach()
     done = (rs.detach().sqrt() <= thresh)
     neg = torch.zeros_like(done)
-    it = 0
-    for it in range(1, max_iter + 1):
-        if bool(done.all()):
-            it -= 1
+    iters = torch.zeros(done.shape, dtype=torch.long, device=r.device)
+    for it in range(max_iter):
+        if it % k == 0 and bool(done.all()):
             break
+        iters = iters + (~done).long()
         Kp = matvec(p)
         pKp = _bdot(p, Kp)
         neg = neg | ((pKp.detach() <= 0) & ~done)
@@ -196,15 +213,17 @@ def cg(matvec, r, *, tol, max_iter):
         p = res + beta.unsqueeze(-1) * p
         rs = rs_new
     converged = (rs.detach().sqrt() <= thresh) & ~neg
-    return w, {"converged": converged, "negative_curvature": neg, "iterations": it}
+    return w, {"converged": converged, "negative_curvature": neg, "iterations": _iterations(iters)}
 
 
-def minres(matvec, r, *, tol, max_iter):
+def minres(matvec, r, *, tol, max_iter, check_every=None):
     """MINRES (Paige & Saunders, 1975) for the batch ``K w = r`` with ``K`` symmetric, possibly
     indefinite (a KKT matrix), given as ``matvec``. Stops element-wise when the residual estimate
     ``φ̄ ≤ tol ‖r‖``. Returns ``w`` and ``info`` with ``converged``, ``iterations`` and
     ``indefinite`` (a Lanczos vector with ``vᵀKv < 0`` was met: ``K`` has a negative eigenvalue; a
-    certificate, so it can miss an indefinite ``K`` but never flags a positive semidefinite one)."""
+    certificate, so it can miss an indefinite ``K`` but never flags a positive semidefinite one).
+    ``iterations`` and ``check_every`` as in :func:`cg`."""
+    k = _check_every(r, check_every)
     b = r.shape[0]
     dt = r.dtype
     one = torch.ones(b, dtype=dt, device=r.device)
@@ -229,11 +248,11 @@ def minres(matvec, r, *, tol, max_iter):
     # Lanczos Rayleigh quotients vᵀKv of unit vectors: one clearly negative proves K indefinite
     kmax = zero.clone()
     neg = torch.zeros(b, dtype=torch.bool, device=r.device)
-    it = 0
+    iters = torch.zeros(b, dtype=torch.long, device=r.device)
     for it in range(1, max_iter + 1):
-        if bool(done.all()):
-            it -= 1
+        if (it - 1) % k == 0 and bool(done.all()):
             break
+        iters = iters + (~done).long()
         bsafe = torch.where(beta.abs() > tiny, beta, one)
         v = y / bsafe.unsqueeze(-1)
         y = matvec(v)
@@ -267,5 +286,5 @@ def minres(matvec, r, *, tol, max_iter):
     # The estimate φ̄ can be optimistic: confirm with a true residual.
     true_res = (matvec(x) - r).norm(dim=-1).detach()
     converged = true_res <= 10 * thresh + 10 * eps_of(dt) * beta1.detach()
-    return x, {"converged": converged, "iterations": it, "indefinite": neg,
+    return x, {"converged": converged, "iterations": _iterations(iters), "indefinite": neg,
                "linear_residual": true_res / beta1.detach().clamp_min(tiny)}
