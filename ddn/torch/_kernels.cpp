@@ -317,6 +317,14 @@ static T lower_median(const T* x, int64_t n, T mn, T mx, std::vector<T>& buf) {
   return buf[k - L];
 }
 
+// Huber's inlier test for the derivative, |y − x_i| ≤ α up to rounding: Newton ends within a
+// few ulps of a root that sits exactly on a kink (integer data with α = 1 put it there), and which
+// side it landed on decided the gradient, differently for the kernel and the eager code.
+template <typename T>
+static inline T huber_kink(T y, T a) {
+  return a + 8 * Eps<T>::v * (std::abs(y) + a);
+}
+
 template <typename T, int P>
 static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H) {
   T s = 0, mn = x[0], mx = x[0];
@@ -355,11 +363,11 @@ static int pool_row(const T* x, int64_t n, T a, std::vector<T>& buf, T& y, T& H)
       // counts x_k as an inlier and would hide the interval.)
       const T inf = std::numeric_limits<T>::infinity();
       T cnt = 0, xj = -inf, xk = inf;
-      const T yy = y;
+      const T yy = y, at = huber_kink(yy, a);
 #pragma omp simd reduction(+ : cnt) reduction(max : xj) reduction(min : xk)
       for (int64_t i = 0; i < n; ++i) {
         T z = yy - x[i];
-        cnt += std::abs(z) <= a ? T(1) : T(0);
+        cnt += std::abs(z) <= at ? T(1) : T(0);
         T cj = x[i] <= yy ? x[i] : -inf;
         T ck = x[i] > yy ? x[i] : inf;
         xj = cj > xj ? cj : xj;
@@ -440,10 +448,11 @@ static int pool_back_row(const T* x, int64_t n, T y, T a, T H, T v, T* gx, T& ga
       }
       Hy = hs;
     } else if constexpr (P == HUBER) {
+      const T at = huber_kink(y, a);
 #pragma omp simd reduction(+ : D)
       for (int64_t i = 0; i < n; ++i) {
         T z = y - x[i];
-        bool inl = std::abs(z) <= a;
+        bool inl = std::abs(z) <= at;
         gx[i] = inl ? c : T(0);
         D += inl ? T(0) : (z > 0 ? T(1) : T(-1));
       }

@@ -28,7 +28,8 @@ Solvers (rows in parallel, reaching ``g(y) ≈ 0`` to the dtype's precision in a
 
 Kinks: Huber's φ'' jumps at ``|z| = α``. A point exactly there at the solution makes ``y`` only
 one-sidedly differentiable; we take ``φ''(±α) = 1`` (the point counts as an inlier, kernel and
-eager alike), which gives the one-sided derivative along perturbations of ``x`` (or α) that move
+eager alike, and so does a point within rounding of it, ``|z| ≤ α + 8ε(|y| + α)``: Newton ends
+within ulps of such a root, on either side), which gives the one-sided derivative along perturbations of ``x`` (or α) that move
 it into ``|y − x_i| < α`` (e.g. ``x = (0, 0, 1.5)``, α = 1: ``y = 0.5``, ``∂y/∂x = (⅓, ⅓, ⅓)``
 and ``∂y/∂α = 0``, the derivatives as ``x_3`` decreases or α increases; from the other side
 ``x_3`` is an outlier: ``(½, ½, 0)`` and ``½``).
@@ -317,7 +318,10 @@ def _solve_eager(x, pen, a):
 def _weights_eager(x, y, pen, a, need_alpha):
     """(w (B, n) = D_x y, dy/dα (B,) or None, number of bad rows)."""
     z = y[:, None] - x
-    d2, d1a = _scaled_d2_dalpha(z, pen, a, need_alpha)  # both times the same c > 0 (α² for Welsch)
+    # Huber: a point within rounding of the kink |z| = α counts as an inlier (as the kernel's
+    # huber_kink: Newton ends within ulps of a root on a kink, on either side)
+    ad = a + 8 * torch.finfo(x.dtype).eps * (y.abs()[:, None] + a) if pen == "huber" else a
+    d2, d1a = _scaled_d2_dalpha(z, pen, ad, need_alpha)  # both times the same c > 0 (α² for Welsch)
     H = d2.sum(-1, keepdim=True)  # c·H, H = D²_YY f
     pos = H > 0
     if pen == "welsch":  # a degenerate minimum: H below 10√ε·Σw is rounding (see _kernels.cpp)

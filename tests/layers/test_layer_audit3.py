@@ -214,3 +214,29 @@ def test_welsch_degenerate_minimum_warns_instead_of_a_huge_gradient(dtype, backe
     x = torch.tensor([0.0, 1.99], dtype=dtype, requires_grad=True)  # 2α(1 − 5e-3): regular
     (gx,) = torch.autograd.grad(T.robust_pool(x, "welsch", 1.0), x)
     assert torch.allclose(gx, torch.full((2,), 0.5, dtype=dtype), atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("xs,gx_want,ga_want", [
+    ([-3.0, -2, -1, 1, 1, 3], [0, 0, 1 / 3, 1 / 3, 1 / 3, 0], -1 / 3),   # y = 0
+    ([-1.0, -2, -2, 1, 3], [1 / 3, 1 / 3, 1 / 3, 0, 0], 2 / 3),          # y = −1
+    ([0.0, 3, -2, -3, 2, 2, 1, -1, 3], [0.25, 0, 0, 0, 0.25, 0.25, 0.25, 0, 0], -0.25),  # y = 1
+])
+def test_huber_gradient_within_rounding_of_a_kink_is_the_inlier_side_on_both_backends(
+        xs, gx_want, ga_want, dtype, backend):
+    """Integer data, α = 1: the Huber minimizer sits exactly on kinks, and Newton ends an ulp or
+    so on either side of it; which side decided the gradient (the kernel returned (0, 0, 1, 0, 0,
+    0) and ∂y/∂α = 1 for the first row, the eager code (0, 0, ⅓, ⅓, ⅓, 0) and −⅓). Points within
+    rounding of the kink now count as inliers on both: the one-sided derivative as α increases
+    (checked by a forward difference in α)."""
+    x = torch.tensor(xs, dtype=dtype, requires_grad=True)
+    a = torch.tensor(1.0, dtype=dtype, requires_grad=True)
+    y = T.robust_pool(x, "huber", a)
+    gx, ga = torch.autograd.grad(y, (x, a))
+    tol = 1e-12 if dtype == F64 else 1e-6
+    assert torch.allclose(gx.double(), torch.tensor(gx_want, dtype=F64), atol=tol)
+    assert abs(float(ga) - ga_want) < tol
+    h = 1e-4
+    xd = torch.tensor(xs, dtype=F64)
+    fd = (T.robust_pool(xd, "huber", 1.0 + h) - T.robust_pool(xd, "huber", 1.0)) / h
+    assert abs(float(fd) - ga_want) < 1e-8
