@@ -660,18 +660,30 @@ class EqConstrainedNode(DeclarativeNode):
     def _check_vanishing_gradients(self, x, y, active, grad_f):
         """A constraint whose gradient D_Y h_i vanishes at y (e.g. two constraints merged as
         h₁² + h₂² = 0, the observation after Cor. 4.7) breaks the Lagrange conditions: Eq. 32
-        would return an absurd multiplier. Refused unless a non-regular remedy was chosen."""
+        would return an absurd multiplier. Refused unless a non-regular remedy was chosen.
+
+        "Vanishes" is judged on the constraint's own scale, |D_Y h_i| ≤ 1e-8·|D²_YY h_i|·
+        max(1, |y|) (a square q² has D_Y = 2q D_Y q → 0 while D²_YY ≈ 2 D_Y q D_Y qᵀ does not),
+        so it does not depend on how f or h_i is scaled. (Against 1e-8·(1 + |D_Y f|) the unit
+        sphere was refused for f ×1e9 and for h ×1e-9.)"""
         if self.nonregular != "error":
             return
         A = self.active_jacobian(x, y, active)
         if A.size == 0:
             return
-        scale = 1.0 + float(np.max(np.abs(grad_f), initial=0.0))
-        zero = np.flatnonzero(np.linalg.norm(A, axis=1) <= 1e-8 * scale)
+        norms = np.linalg.norm(A, axis=1)
+        try:
+            D2 = quiet(jacobian(jacobian(lambda u: self.active_constraints(x, u, active))), y)
+            curv = np.max(np.abs(np.asarray(D2, dtype=float).reshape(A.shape[0], -1)), axis=1)
+        except (TypeError, ValueError, ArithmeticError, DDNError):
+            curv = np.zeros(A.shape[0])
+        thr = 1e-8 * max(1.0, float(np.max(np.abs(y)))) * np.where(np.isfinite(curv), curv, 0.0)
+        zero = np.flatnonzero(norms <= thr)
         if zero.size:
             raise DDNError(
                 f"the gradient D_Y h of active constraint(s) {zero.tolist()} vanishes at y "
-                f"(|D_Y h_i| <= {1e-8 * scale:.1e}): the Lagrange conditions do not hold (a "
+                f"(|D_Y h_i| = {norms[zero].max():.1e}, against its curvature |D²_YY h_i| = "
+                f"{curv[zero].max():.1e}): the Lagrange conditions do not hold (a "
                 "constraint written as a square or several constraints merged into Σh_i² = 0 "
                 "do this, see the observation after Cor. 4.7). Write each constraint "
                 "separately, or choose nonregular='drop' or 'pinv'.")
