@@ -29,10 +29,10 @@ Solvers (rows in parallel, reaching ``g(y) ≈ 0`` to the dtype's precision in a
 Kinks: Huber's φ'' jumps at ``|z| = α``. A point exactly there at the solution makes ``y`` only
 one-sidedly differentiable; we take ``φ''(±α) = 1`` (the point counts as an inlier, kernel and
 eager alike, and so does a point within rounding of it, ``|z| ≤ α + 8ε(|y| + α)``: Newton ends
-within ulps of such a root, on either side), which gives the one-sided derivative along perturbations of ``x`` (or α) that move
-it into ``|y − x_i| < α`` (e.g. ``x = (0, 0, 1.5)``, α = 1: ``y = 0.5``, ``∂y/∂x = (⅓, ⅓, ⅓)``
-and ``∂y/∂α = 0``, the derivatives as ``x_3`` decreases or α increases; from the other side
-``x_3`` is an outlier: ``(½, ½, 0)`` and ``½``).
+within ulps of such a root, on either side). That is the one-sided derivative along
+perturbations of ``x`` (or α) that move it into ``|y − x_i| < α``: e.g. ``x = (0, 0, 1.5)``,
+α = 1: ``y = 0.5``, ``∂y/∂x = (⅓, ⅓, ⅓)`` and ``∂y/∂α = 0``, the derivatives as ``x_3``
+decreases or α increases; from the other side ``x_3`` is an outlier: ``(½, ½, 0)`` and ``½``.
 
 Degenerate points (``H = Σφ'' = 0``), handled explicitly:
 
