@@ -256,7 +256,17 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
                            "Remedy: use linear_solver='dense' (LU fallback) or 'minres', or check "
                            "that the solver returns a minimum.", on_degenerate)
             else:
-                w, sinfo = _linalg.minres(matvec, v, tol=tol, max_iter=max_iter)
+                if n_primal < N:
+                    # KKT matrix: MINRES on D K D (D = [α; β] brings H and A to unit size, as
+                    # the dense solve's block scaling): an objective c·f next to O(1) constraints
+                    # has cond ~ 1/c (or c) unscaled, and MINRES did not converge at c = 10⁴ in
+                    # float32 or c = 10⁻⁴ in float64. w = D u solves the same system.
+                    D = _linalg.kkt_block_scaling(matvec, b, N, n_primal, dtype, z.device)
+                    u, sinfo = _linalg.minres(lambda q: D * matvec(D * q), D * v, tol=tol,
+                                              max_iter=max_iter)
+                    w = D * u
+                else:
+                    w, sinfo = _linalg.minres(matvec, v, tol=tol, max_iter=max_iter)
                 if spd and (sinfo["indefinite"] & named).any():
                     report(f"{name} is indefinite (MINRES met a direction of negative curvature): "
                            "y is a saddle point or a maximum, not a minimum; the gradient is that "

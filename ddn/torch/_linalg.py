@@ -160,6 +160,27 @@ def solve_dense(K, r, *, singular=None, cond_max=None, n_primal=None):
                "pinv": used_pinv, "converged": finite & (~is_singular | used_pinv)}
 
 
+def kkt_block_scaling(matvec, b, N, m, dtype, device):
+    """Diagonal ``D = [α 1_m; β 1_{N−m}]`` that brings the blocks of a KKT matrix
+    ``[[H, −Aᵀ], [−A, ·]]`` given as ``matvec`` to unit size: ``α² ‖H‖ = 1``, ``αβ ‖A‖ = 1``.
+    ``‖H‖`` and ``‖A‖`` are estimated by one product with a fixed ±1 vector on the primal block
+    (a deterministic sign pattern, so no cancellation as ``H·1`` can have). (b, N), no graph."""
+    i = torch.arange(m, dtype=dtype, device=device)
+    sgn = torch.where(torch.sin(1.0 + 2.399963 * i) >= 0, 1.0, -1.0).to(dtype)
+    s = torch.zeros(b, N, dtype=dtype, device=device)
+    s[:, :m] = sgn
+    with torch.no_grad():
+        Ks = matvec(s).detach()
+    hs = Ks[:, :m].abs().amax(-1)
+    as_ = Ks[:, m:].abs().amax(-1)
+    use = (hs > 0) & (as_ > 0) & torch.isfinite(hs) & torch.isfinite(as_)
+    hs = torch.where(use, hs, torch.ones_like(hs))
+    as_ = torch.where(use, as_, torch.ones_like(as_))
+    al = hs.rsqrt()
+    be = hs.sqrt() / as_
+    return torch.cat([al.unsqueeze(-1).expand(b, m), be.unsqueeze(-1).expand(b, N - m)], -1)
+
+
 def _bdot(a, b):
     return (a * b).sum(-1)
 
