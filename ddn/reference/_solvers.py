@@ -323,7 +323,10 @@ def polish_kkt(node, x, y, iters=20, scale=1.0):
         y_new = y + step[: node.m]
         if not np.all(np.isfinite(y_new)):
             break
-        new = node.kkt_residual(x, y_new)
+        try:
+            new = node.kkt_residual(x, y_new)
+        except DDNError:  # the step left the domain (D_Y f or D_Y h̃ not finite): keep y
+            break
         if not (merit(new) < merit(best) and node.violation(x, y_new) <= node.feas_tol):
             break
         y, best = y_new, new

@@ -474,6 +474,7 @@ class DeclarativeNode:
         grad_f = np.asarray(quiet(grad(lambda u: self.objective(x, u)), y), dtype=float)
         grad_f = grad_f.reshape(y.size)
         A = self.active_jacobian(x, y, active)
+        _check_finite_derivatives(self, y, grad_f, A)
         if multipliers is None:
             lam = eq_32_multipliers(grad_f, A)
             if active and matrix_rank(A) < A.shape[0]:
@@ -1111,6 +1112,24 @@ def _sign_feasible_multipliers(grad_f, A, p, lam):
     r_signed = np.max(np.abs(A.T @ signed - grad_f), initial=0.0)
     scale = 1.0 + np.max(np.abs(grad_f), initial=0.0)
     return signed if r_signed <= r_min + 1e-12 * scale else lam
+
+
+def _check_finite_derivatives(node, y, grad_f, A):
+    """D_Y f and D_Y h̃ must be finite at y: a constraint like −√u ≤ 0 active at u = 0 has an
+    infinite gradient there, and least squares for the multipliers crashed with numpy's
+    "SVD did not converge in Linear Least Squares"."""
+    if np.all(np.isfinite(grad_f)) and np.all(np.isfinite(A)):
+        return
+    if not np.all(np.isfinite(grad_f)):
+        what = "D_Y f (the objective's gradient)"
+    else:
+        rows = np.flatnonzero(~np.all(np.isfinite(A), axis=1)).tolist()
+        what = f"D_Y h̃ (row(s) {rows} of [equalities; active inequalities])"
+    raise DDNError(
+        f"{type(node).__name__}: {what} contains NaN/Inf at y = {y}: the problem is not "
+        "differentiable there (e.g. √u or log u at u = 0, or a y that underflowed to 0), so "
+        "neither the KKT conditions nor Dy exist. Reformulate it smoothly (e.g. u ≥ 0 instead "
+        "of √u ≥ 0) or rescale x.")
 
 
 def _check_vector(a, size, name):
