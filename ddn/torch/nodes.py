@@ -87,7 +87,9 @@ class DeclarativeNode:
         residual_tol: the gradient is reported where the optimality residual ‖∇ℒ‖ exceeds
             ``residual_tol · s`` (1e-6 / 1e-3 by dtype), ``s = ‖K (1 + |z|)‖_∞`` the size of
             the gradient's terms (``K = ∇²ℒ``, ``z = y`` or ``(y, λ)``): scale-aware, so the
-            objective multiplied by 10⁴ gives the same verdict.
+            objective multiplied by 10⁴ gives the same verdict. A constrained node's stationarity
+            block ``∇f − Aᵀλ`` is also judged on its own scale (``max(‖H(1 + |y|)‖, ‖Aᵀλ‖)``),
+            so an objective multiplied by 10⁻⁴ does too.
         active_tol: an inequality is active when ``g > −active_tol`` (1e-6 / 1e-3 by dtype); also the
             tolerance of the multiplier sign and weak-activity checks (relative to ‖∇_Y f‖).
         solver_tol, solver_max_iter: of the default forward solver (converged when

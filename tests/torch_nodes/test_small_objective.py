@@ -8,6 +8,7 @@ right to 1e-7."""
 import pytest
 import torch
 
+from ddn import DDNWarning
 from ddn.torch import DeclarativeLayer, EqConstrainedNode, IneqConstrainedNode
 from ddn.torch import _linalg
 
@@ -108,3 +109,35 @@ def test_minres_on_a_kkt_matrix_of_a_scaled_objective_converges(ls, dtype, c):
     got = InBall(c, linear_solver=ls).vjp(x.to(dtype), v=v.to(dtype), y=y.to(dtype))[0]
     tol = 1e-4 if dtype == torch.float32 else 1e-8
     assert float((got.double() - ref).norm() / ref.norm()) < tol
+
+
+class OnPlaneMoved(EqConstrainedNode):
+    """f = c·(½‖y − x‖² + 0.1 Σ y⁴) s.t. 1ᵀy = 1; the solve moves the minimum by 5% ALONG the
+    plane: feasible, not stationary."""
+
+    def __init__(self, c, **kw):
+        super().__init__((3,), **kw)
+        self.c = c
+
+    def objective(self, x, y):
+        return self.c * (0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1))
+
+    def equality_constraints(self, x, y):
+        return y.sum(-1) - 1
+
+    def solve(self, x):
+        y, _ = EqConstrainedNode.solve(self, x)
+        d = 0.05 * y.norm(dim=-1, keepdim=True)
+        return y + torch.cat([d, -d, torch.zeros_like(d)], -1), {}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c", [1.0, 1e-2, 1e-4])
+@pytest.mark.parametrize("ls", ["dense", "minres"])
+def test_a_feasible_non_stationary_y_is_named_for_a_small_objective(ls, c, dtype):
+    """The residual test judged ∇f − Aᵀλ (size c) against a scale set by the constraint rows
+    (O(1)): in float32 a y 5% off the minimum passed silently at c = 10⁻⁴."""
+    x = 3 * torch.randn(4, 3, dtype=dtype, generator=torch.Generator().manual_seed(0)).to(dtype)
+    v = torch.ones(4, 3, dtype=dtype)
+    with pytest.warns(DDNWarning, match="optimality residual"):
+        OnPlaneMoved(c, linear_solver=ls).vjp(x, v=v)
