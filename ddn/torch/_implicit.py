@@ -324,8 +324,9 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
             Ku1 = K_times(torch.cat([1 + zd[:, :m].abs(), torch.zeros_like(zd[:, m:])], -1))
             Ku2 = K_times(torch.cat([torch.zeros_like(zd[:, :m]), zd[:, m:]], -1))
             s_y = gradient_scale(torch.maximum(Ku1[:, :m].abs(), Ku2[:, :m].abs()))
+            info["residual_primal"] = g.detach()[:, :m].norm(dim=-1)
             info["residual_primal_scale"] = s_y
-            rel = torch.maximum(rel, g.detach()[:, :m].norm(dim=-1) / s_y)
+            rel = torch.maximum(rel, info["residual_primal"] / s_y)
         high = named & (rel > residual_tol)
         if high.any():
             report(f"the optimality residual ‖∇ℒ‖ is large (max {float(info['residual'][high].max()):.2e}"

@@ -187,6 +187,8 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
                       messages=messages, details=details)
     res = diag["residual"]
     res_hi = res > residual_tol * diag["residual_scale"]  # relative to the gradient's scale s
+    if diag.get("residual_primal") is not None:  # constrained: ∇f − Aᵀλ on its own scale too
+        res_hi = res_hi | (diag["residual_primal"] > residual_tol * diag["residual_primal_scale"])
     res_ok = not bool(res_hi.any())
     if not res_ok:
         messages.append(f"optimality residual {float(res.max()):.2e} > {residual_tol:.0e} · s (s = "

@@ -207,7 +207,8 @@ class DeclarativeNode:
         tangent space of the active constraints), ``active_rank`` and ``n_active`` (rank and rows of
         the equality + active inequality Jacobian), ``weakly_active``
         (list of (element, constraint) pairs), ``multipliers``, ``residual_scale`` (s, which
-        ``residual_tol`` multiplies). Warnings are raised as usual. float16/bfloat16 inputs are
+        ``residual_tol`` multiplies); constrained nodes also ``residual_primal`` ‖∇_y ℒ‖ and its
+        scale ``residual_primal_scale`` (else None). Warnings are raised as usual. float16/bfloat16 inputs are
         examined in float32."""
         xs, y = _upcast(xs), _upcast(y)
         if y is None:
@@ -236,7 +237,10 @@ class DeclarativeNode:
                 continue
             ev = torch.linalg.eigvalsh(0.5 * (He + He.T)).abs()
             cond.append(float(ev.max() / ev.min()) if ev.min() > 0 else float("inf"))
-        return {"residual": info["residual"], "residual_scale": info["residual_scale"], "cond_H": torch.tensor(cond, dtype=torch.float64),
+        return {"residual": info["residual"], "residual_scale": info["residual_scale"],
+                "residual_primal": info.get("residual_primal"),
+                "residual_primal_scale": info.get("residual_primal_scale"),
+                "cond_H": torch.tensor(cond, dtype=torch.float64),
                 "active_rank": rank or None, "n_active": n_act or None,
                 "weakly_active": info.get("weakly_active", []), "multipliers": info.get("lam"),
                 "y": y, "ctx": ctx}

@@ -115,9 +115,9 @@ class OnPlaneMoved(EqConstrainedNode):
     """f = c·(½‖y − x‖² + 0.1 Σ y⁴) s.t. 1ᵀy = 1; the solve moves the minimum by 5% ALONG the
     plane: feasible, not stationary."""
 
-    def __init__(self, c, **kw):
+    def __init__(self, c, move=0.05, **kw):
         super().__init__((3,), **kw)
-        self.c = c
+        self.c, self.move = c, move
 
     def objective(self, x, y):
         return self.c * (0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1))
@@ -127,7 +127,7 @@ class OnPlaneMoved(EqConstrainedNode):
 
     def solve(self, x):
         y, _ = EqConstrainedNode.solve(self, x)
-        d = 0.05 * y.norm(dim=-1, keepdim=True)
+        d = self.move * y.norm(dim=-1, keepdim=True)
         return y + torch.cat([d, -d, torch.zeros_like(d)], -1), {}
 
 
@@ -141,3 +141,11 @@ def test_a_feasible_non_stationary_y_is_named_for_a_small_objective(ls, c, dtype
     v = torch.ones(4, 3, dtype=dtype)
     with pytest.warns(DDNWarning, match="optimality residual"):
         OnPlaneMoved(c, linear_solver=ls).vjp(x, v=v)
+
+
+def test_check_gradient_names_the_residual_of_a_small_objective():
+    from ddn.torch.check import check_gradient_torch
+    x = 3 * torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    r = check_gradient_torch(OnPlaneMoved(1e-4, move=1e-3), x)  # warnings go to messages
+    assert not r.ok
+    assert any(m.startswith("optimality residual") for m in r.messages), r.messages
