@@ -127,14 +127,26 @@ def _welsch_local(x, y, alpha, max_iter=500):
 
 
 def _tq_local(x, y, alpha, max_iter=1000):
-    """MM for the truncated quadratic: y ← mean of the inliers, to its fixed point."""
+    """MM for the truncated quadratic: y ← mean of the inliers ``|y − x_i| < α``, to a fixed
+    point that is a local minimum.
+
+    A fixed point with samples exactly on the kink ``|y − x_i| = α`` (quantized data) is not one:
+    ``min(z², α²)`` has a concave kink, so moving y toward those samples lowers f at rate α per
+    sample while the inliers' terms are stationary. There the samples on one kink side (the side
+    with more of them; the lower side on a tie) join the inliers for one more step — the
+    quadratic through them still majorizes f at y — which lowers f strictly; finitely many
+    inlier sets, so it ends."""
     for _ in range(max_iter):
-        inl = np.abs(y - x) < alpha
-        if not inl.any():
-            return y, True
-        y_new = x[inl].mean()
+        z = y - x
+        inl = np.abs(z) < alpha
+        y_new = x[inl].mean() if inl.any() else y
         if y_new == y:
-            return y, True
+            kink = np.abs(z) == alpha
+            if not kink.any():
+                return y, True
+            lower, upper = kink & (z > 0), kink & (z < 0)
+            side = lower if lower.sum() >= upper.sum() else upper
+            y_new = x[inl | side].mean()
         y = y_new
     return y, False
 

@@ -90,3 +90,23 @@ def test_a_stationary_point_that_is_not_a_minimum_is_named():
     Farthest(3, 3).jacobian(x, u)  # the minimum: quiet
     with pytest.warns(DDNWarning, match="not a minimum"):
         Farthest(3, 3).jacobian(x, -u)
+
+
+def test_reference_truncated_quadratic_on_quantized_data_is_a_local_minimum():
+    # Integer data with α = 1 put samples exactly on the kink |y − x_i| = α at the MM fixed
+    # point: x = (0,0,0,0,1,5,5,5) stopped at y = 0 with f = 2.0, though y = 0.2 has f = 1.9
+    # (the concave kink lets f drop toward x = 1). The ground truth must be a local minimum, and
+    # the same one the torch floor finds.
+    from ddn.reference.pooling import robust_pool
+    x = np.array([0, 0, 0, 0, 1, 5, 5, 5], dtype=float)
+
+    def f(y):
+        return 0.5 * np.minimum((y - x) ** 2, 1.0).sum()
+    y = robust_pool(x, "truncated-quadratic", 1.0)
+    assert f(y) < 2.0 - 1e-3
+    assert min(f(y + 1e-4), f(y - 1e-4)) >= f(y)
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        x = rng.integers(0, 6, 8).astype(float)
+        y = robust_pool(x, "truncated-quadratic", 1.0)
+        assert min(f(y + 1e-4), f(y - 1e-4)) >= f(y) - 1e-12, x
