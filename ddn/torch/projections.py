@@ -239,9 +239,25 @@ def _radius_range(radius, dtype):
             "projections are scale-equivariant: y(s·x; s·r) = s·y(x; r)) or use float64")
 
 
-def _project(x, p, radius, dim, kind, masked):
-    if p not in (1, 2, INF):
+def _check_p(p):
+    """p as the Python number 1, 2 or inf (a numpy scalar or a one-element tensor is accepted:
+    a tensor p passed the membership test and then failed as a dict key, a bare KeyError)."""
+    q = p
+    if torch.is_tensor(q):
+        q = q.item() if q.numel() == 1 else q
+    if isinstance(q, (bool, str)) or not isinstance(q, (int, float)) and not hasattr(q, "__float__"):
         raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}")
+    try:
+        q = float(q)
+    except (TypeError, ValueError):
+        raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}") from None
+    if q not in (1.0, 2.0, INF):
+        raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}")
+    return INF if q == INF else int(q)
+
+
+def _project(x, p, radius, dim, kind, masked):
+    p = _check_p(p)
     if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() == 0:
         raise DDNError("projection expects a floating-point tensor x with at least one dim")
     if x.dtype in (torch.float16, torch.bfloat16):  # thresholds need float32: upcast, round back
@@ -320,8 +336,7 @@ def project_simplex(x, radius=1.0, dim=-1):
 class _Projection(torch.nn.Module):
     def __init__(self, p=2, radius=1.0, dim=-1, masked=True, learn_radius=False):
         super().__init__()
-        if p not in (1, 2, INF):
-            raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}")
+        p = _check_p(p)
         self.p, self.dim, self.masked = p, dim, masked
         # a floating tensor keeps its dtype (a float64 radius was rounded to float32, which
         # .to(float64) cannot undo); numbers and integer tensors take the default dtype

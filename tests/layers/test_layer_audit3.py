@@ -240,3 +240,26 @@ def test_huber_gradient_within_rounding_of_a_kink_is_the_inlier_side_on_both_bac
     xd = torch.tensor(xs, dtype=F64)
     fd = (T.robust_pool(xd, "huber", 1.0 + h) - T.robust_pool(xd, "huber", 1.0)) / h
     assert abs(float(fd) - ga_want) < 1e-8
+
+
+@pytest.mark.parametrize("p", [torch.tensor(1.0), torch.tensor(2), np.float64(2.0), np.int64(1),
+                               torch.tensor(float("inf")), 2.0, 1])
+def test_p_given_as_a_tensor_or_numpy_scalar_is_accepted(p):
+    # a tensor p passed the `p in (1, 2, inf)` test and then failed as a dict key (a bare
+    # KeyError when the zero-row warning was built); numpy and tensor scalars now mean their value
+    from ddn.torch.projections import BallProjection, project_sphere
+    x = torch.randn(3, 5, dtype=torch.float64)
+    want = project_sphere(x, p=float(p))
+    assert torch.equal(project_sphere(x, p=p), want)
+    assert torch.equal(BallProjection(p=p)(x), BallProjection(p=float(p))(x))
+    with pytest.warns(DDNWarning, match="x = 0"):
+        project_sphere(torch.zeros(2, 4), p=p)
+
+
+@pytest.mark.parametrize("p", ["2", True, torch.tensor([1.0, 2.0]), 3, 0.5, None])
+def test_p_that_is_not_one_two_or_inf_is_a_ddnerror(p):
+    from ddn.torch.projections import SphereProjection, project_sphere
+    with pytest.raises(DDNError, match="p must be"):
+        project_sphere(torch.randn(2, 3), p=p)
+    with pytest.raises(DDNError, match="p must be"):
+        SphereProjection(p=p)
