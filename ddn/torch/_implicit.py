@@ -246,6 +246,8 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
                        "Remedy: check the solver (it should return a minimum), or ignore if a "
                        "stationary point is intended.", on_degenerate)
         else:
+            sc_v = sc_w = None  # norms of the system solved, when it was scaled
+
             def matvec(u):  # K u, a Hessian–vector product; K never formed
                 (Ku,) = torch.autograd.grad(g, z, grad_outputs=u, retain_graph=True,
                                             create_graph=create_graph, allow_unused=True)
@@ -268,6 +270,7 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
                     u, sinfo = _linalg.minres(lambda q: D * matvec(D * q), D * v, tol=tol,
                                               max_iter=max_iter)
                     w = D * u
+                    sc_v, sc_w = (D * v).norm(dim=-1), u.detach().norm(dim=-1)
                 else:
                     w, sinfo = _linalg.minres(matvec, v, tol=tol, max_iter=max_iter)
                 if spd and (sinfo["indefinite"] & named).any():
@@ -282,10 +285,13 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
             # the tangent space of the active constraints for a KKT matrix): y is a saddle or
             # maximum. (MINRES's own certificate, vᵀKv < 0, says nothing for a KKT matrix, which is
             # always indefinite.) It can miss one (v with no component along such a direction),
-            # never flags a minimum; above the solve's round-off, 100·tol·‖v‖‖w‖. Not under
-            # "proximal" for a KKT matrix (−δI on its multiplier block: A w_y ≠ 0).
+            # never flags a minimum; above the solve's round-off, 100·tol·‖v‖‖w‖ (of the scaled
+            # system D K D u = D v where it was scaled: the error of w_yᵀv is uᵀ(D K D u − D v)).
+            # Not under "proximal" for a KKT matrix (−δI on its multiplier block: A w_y ≠ 0).
             wy, vy = w.detach()[:, :n_primal], v[:, :n_primal]
-            thr = 100 * max(tol, _linalg.eps_of(dtype)) * v.norm(dim=-1) * w.detach().norm(dim=-1)
+            if sc_v is None:
+                sc_v, sc_w = v.norm(dim=-1), w.detach().norm(dim=-1)
+            thr = 100 * max(tol, _linalg.eps_of(dtype)) * sc_v * sc_w
             cert = ((wy * vy).sum(-1) < -thr) & sinfo["converged"] & named
             if n_primal < N and singular == "proximal":
                 cert = torch.zeros_like(cert)

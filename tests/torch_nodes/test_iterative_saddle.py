@@ -96,3 +96,35 @@ def test_minres_names_an_unconstrained_saddle():  # a guard: MINRES's vᵀKv < 0
     v = torch.tensor([[0.1, 1.0]], dtype=torch.float64).expand(5, 2)  # wᵀv = 0.01 − 1 < 0
     with pytest.warns(DDNWarning, match="indefinite"):
         Ridge(linear_solver="minres").vjp(x, v=v)
+
+
+class ScaledSphere(EqConstrainedNode):
+    def __init__(self, c, **kw):
+        super().__init__((6,), **kw)
+        self.c = c
+
+    def objective(self, x, y):
+        return self.c * (0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1))
+
+    def equality_constraints(self, x, y):
+        return (y * y).sum(-1) - 1
+
+    def initial_guess(self, x):
+        return x / x.norm(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c", [1e-4, 1.0, 1e4])
+def test_the_certificate_does_not_flag_a_minimum_for_v_normal_to_the_constraint(c, dtype):
+    """v ∥ ∇h: the true w_y is 0, so w_yᵀv is pure round-off. Its bound is that of the block-scaled
+    system that MINRES solves (an unscaled bound flagged this minimum at c = 1e-4 in float32)."""
+    g = torch.Generator().manual_seed(0)
+    x = 2 * torch.randn(64, 6, dtype=dtype, generator=g)
+    x = x * (2 / x.norm(dim=-1, keepdim=True)).clamp_min(1)  # the default solver converges
+    node = ScaledSphere(c, linear_solver="minres")
+    y, ctx = node._solve_detached((x,))
+    for v in (y * torch.randn(64, 1, dtype=dtype, generator=g),
+              y + 1e-4 * torch.randn(64, 6, dtype=dtype, generator=g)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            node.vjp(x, v=v, y=y, ctx=ctx)
