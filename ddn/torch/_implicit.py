@@ -114,7 +114,7 @@ batched_hessian = batched_jacobian  # K = D_z(∇_z ℒ): (b, N, N)
 def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_iter=None,
                  singular=None, proximal_delta=1e-6, n_primal=None, spd=True,
                  on_degenerate="warn", residual_tol=None, create_graph=False, matrix_name=None,
-                 known_degenerate=None, params=()):
+                 known_degenerate=None, expected_singular=None, params=()):
     """Pull ``v`` back through the solution ``z*`` of ``∇_z ℒ(x, z) = 0``.
 
     ``vᵀ D z*(x) = −wᵀ D_x(∇_z ℒ)`` with ``K w = v``, ``K = ∇²_zz ℒ`` (symmetric): one linear solve and
@@ -150,6 +150,9 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
             the graph's tensors.
         matrix_name: how messages name ``K``.
         known_degenerate: (b,) bool, elements already reported by the caller (not named again).
+        expected_singular: (b,) bool, elements whose ``K`` the caller knows to be singular (e.g.
+            rank-deficient constraints under a chosen remedy): not named as singular, but still
+            checked for everything else (residual, saddle).
         params: tensors that ℒ uses through a closure (e.g. a module's ``nn.Parameter``s, shared by
             the batch); their gradients (summed over the batch) are ``info["param_grads"]``.
             Not with ``create_graph``.
@@ -230,6 +233,8 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
             info.update(sinfo)
             info["K"] = K.detach()
             sing = sinfo["singular"] & ~sinfo["pinv"] & named
+            if expected_singular is not None:
+                sing = sing & ~expected_singular.to(sing.device)
             if sing.any():
                 report(f"{name} is singular or ill-conditioned (cond ≈ "
                        f"{float(sinfo['cond'][sinfo['singular']].max()):.1e}); y is not an isolated "

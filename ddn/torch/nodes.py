@@ -439,8 +439,10 @@ class DeclarativeNode:
                        "one-sided (the constraint is treated as active)", wk.any(1),
                        "Remedy: none needed if a one-sided gradient is acceptable (as ReLU at 0); "
                        "otherwise perturb the input.", self.on_degenerate)
+        # elements already named (not under a chosen remedy, which must not hide other findings)
+        reported = rank_def if sing is None else torch.zeros_like(rank_def)
         return lam, mask, {"A": A.detach(), "mask": mask, "p": p, "q": q, "weakly_active": weak,
-                           "rank_deficient": rank_def}
+                           "rank_deficient": rank_def, "rank_deficient_reported": reported}
 
     def _backward(self, xs, y, ctx, v, create_graph=False, linear_solver=None, params=()):
         """The implicit gradient: tuple of per-input gradients and the diagnostics dict."""
@@ -477,7 +479,8 @@ class DeclarativeNode:
 
         z = torch.cat([yf, lam if create_graph else lam.detach()], 1)
         grads, info = implicit_vjp(lagrangian, xs, z, vf, spd=False, n_primal=m,
-                                   known_degenerate=minfo["rank_deficient"], **opts)
+                                   known_degenerate=minfo["rank_deficient_reported"],
+                                   expected_singular=minfo["rank_deficient"], **opts)
         if "n_negative" in info:
             # Second-order check (dense K): at a constrained minimum with regular constraints the
             # KKT matrix has exactly p + q negative eigenvalues (k from the active block, −1 for
