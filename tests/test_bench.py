@@ -76,7 +76,8 @@ def _table_rows(md):
 
 
 @pytest.mark.parametrize("name, sizes", [("results.json", None), ("results-threads2.json", [256, 512]),
-                                         ("results-cuda.json", None)])
+                                         ("results-cuda.json", None),
+                                         ("results-cuda-h200.json", [256, 512])])
 def test_node_readme_tables_are_the_committed_measurements(name, sizes):
     # bench/nodes/README.md reports measured tables; each must be exactly what render_table.py
     # prints from the committed JSON, so a figure cannot be edited by hand or go stale
@@ -97,7 +98,8 @@ def test_node_readme_done_when_ratios_are_the_committed_measurements():
     # the naive ÷ dense ratios quoted in the "Done when" table come from the JSON summaries
     readme = (ROOT / "bench" / "nodes" / "README.md").read_text()
     done = readme[readme.index("## Done when"):readme.index("## Why the 20×")]
-    for name in ("results-cuda.json", "results-cuda-repeat.json", "results.json",
+    for name in ("results-cuda.json", "results-cuda-repeat.json", "results-cuda-h200.json",
+                 "results.json",
                  "results-threads2.json"):
         s = json.loads((ROOT / "bench" / "nodes" / name).read_text())["summary"]
         line = next(ln for ln in done.splitlines() if f"`{name}`" in ln)
