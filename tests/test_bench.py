@@ -105,3 +105,10 @@ def test_node_readme_done_when_ratios_are_the_committed_measurements():
         line = next(ln for ln in done.splitlines() if f"`{name}`" in ln)
         for prob in ("dense-W", "smooth"):
             assert f"{s[f'{prob}: naive_over_dense_at_256']:.1f}×" in line, (name, prob, line)
+
+
+def test_cg_check_every_ab_script_runs():
+    proc = subprocess.run([sys.executable, "bench/nodes/cg_check_every.py", "--sizes", "8",
+                           "--reps", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "k=1 / k=8" in proc.stdout and "smooth" in proc.stdout
