@@ -62,7 +62,13 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
         *xs: the inputs, batched over dim 0 (converted to float64 copies).
         y, ctx: a solution to check (solved here when None; must be float64 then).
         eps: finite-difference step (scaled by max(1, |x_j|)).
-        rtol, atol: pass when max |Dy − Dy_fd| ≤ atol or ≤ rtol · max |Dy_fd| (over the batch).
+        rtol, atol: an element passes when max |Dy − Dy_fd| ≤ rtol · max |Dy_fd| or ≤ its
+            absolute allowance min(atol, noise), ``noise`` = 1e3 · machine-eps · max|y| / eps the
+            rounding noise of the differences (as ``ddn.check.check_gradient``): atol is for
+            entries of Dy that are 0, and capped by the noise it cannot pass a Jacobian whose
+            entries are all ≲ atol (y in other units, Dy ~ 1e-10) without looking at them.
+            The allowances used are ``details["atol_effective"]`` (per element). The vjp must
+            match vᵀDy, per element, to rtol · max(|v|ᵀ|Dy|) or the allowance times Σ|v|.
         residual_tol: largest optimality residual accepted, relative: ‖∇ℒ‖ ≤ residual_tol · s with
             s = ‖K (1 + |z|)‖_∞ the scale of the gradient's terms (``diagnose``).
         seed: for the random v of the vjp check.
@@ -111,7 +117,11 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
                 v = torch.randn(y.shape, generator=g, dtype=y.dtype)
                 vj = node.vjp(*xs, v=v, y=y, ctx=ctx, linear_solver=linear_solver)
                 vj = torch.cat([t.reshape(b, -1) for t in vj if t is not None], -1)
-                vjp_err = float((vj - torch.einsum("bm,bmn->bn", v.reshape(b, -1), J)).abs().max())
+                vjp_abs = (vj - torch.einsum("bm,bmn->bn", v.reshape(b, -1), J)).abs().amax(1)
+                vnorm1 = v.reshape(b, -1).abs()
+                vjp_ref = torch.einsum("bm,bmn->bn", vnorm1, J.abs()).amax(1)
+                vnorm1 = vnorm1.sum(1)
+                y_out = y
 
                 def fun(*a):
                     return node._solve_detached(a)[0]
@@ -129,7 +139,8 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
                     rows.append(torch.cat([torch.zeros_like(t).reshape(b, -1) if q is None else
                                            q.reshape(b, -1) for t, q in zip(a, gr)], -1))
                 J = torch.stack(rows, 1)
-                vjp_err = 0.0
+                vjp_abs = None
+                y_out = out.detach()
                 diag = None
                 weak = []
 
@@ -143,13 +154,22 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
     for w in caught:  # each distinct message once (jacobian, vjp and diagnose all warn)
         if str(w.message) not in messages:
             messages.append(str(w.message))
+    # absolute allowance per element: atol, but no more than the rounding noise of the
+    # differences (1e3·eps·max|y| / step) — with a bare atol = 1e-9 a Jacobian of entries ~1e-10
+    # passed whatever it was (twice the true one included)
+    b = J.shape[0]
+    ymax = y_out.reshape(b, -1).abs().amax(1).to(torch.float64) if y_out.numel() else \
+        torch.zeros(b, dtype=torch.float64)
+    atol_eff = torch.clamp(1e3 * torch.finfo(torch.float64).eps * ymax / eps, max=atol)
+    details["atol_effective"] = atol_eff
     if weak:
         # a one-sided gradient must match, entry by entry of (element, input column), the forward
         # or the backward difference (with x and a bound both inputs, ∂y/∂x may be one side and
         # ∂y/∂u the other); where both sides agree, y is smooth there and either will do
         fwd, bwd = fds["forward"], fds["backward"]
         use_b = (J - bwd).abs().amax(1, keepdim=True) < (J - fwd).abs().amax(1, keepdim=True)
-        kink = (fwd - bwd).abs().amax(1, keepdim=True) > max(atol, rtol * float(fwd.abs().max()))
+        kink = (fwd - bwd).abs().amax(1, keepdim=True) > torch.clamp(
+            atol_eff.view(-1, 1, 1), min=rtol * float(fwd.abs().max()))
         named = sorted({"backward" if bool(u) else "forward" for u in use_b[kink].tolist()})
         weak_side = named[0] if len(named) == 1 else ("mixed" if named else "central")
         fds = {weak_side: torch.where(use_b, bwd, fwd)}
@@ -158,8 +178,8 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
         abs_e = (J - Jfd).abs().flatten(1).amax(1)
         scale = Jfd.abs().flatten(1).amax(1)
         # an element whose Dy is 0 (e.g. a simplex vertex) is judged by atol alone
-        rel = torch.where(scale > atol, abs_e / scale.clamp_min(torch.finfo(torch.float64).tiny),
-                          torch.where(abs_e <= atol, torch.zeros_like(abs_e),
+        rel = torch.where(scale > atol_eff, abs_e / scale.clamp_min(torch.finfo(torch.float64).tiny),
+                          torch.where(abs_e <= atol_eff, torch.zeros_like(abs_e),
                                       torch.full_like(abs_e, float("inf"))))
         errs[s] = (abs_e, rel)
     if weak:
@@ -170,9 +190,13 @@ def check_gradient_torch(node_or_layer, *xs, y=None, ctx=None, eps=1e-5, rtol=1e
         side = "central"
     abs_e, rel_e = errs[side]
     max_abs, max_rel = float(abs_e.max()), float(rel_e.max())
-    per_ok = (abs_e <= atol) | (rel_e <= rtol)
+    per_ok = (abs_e <= atol_eff) | (rel_e <= rtol)
     grad_ok = bool(per_ok.all())
-    vjp_ok = vjp_err <= max(atol, rtol * max(1.0, float(J.abs().max())))
+    if vjp_abs is None:  # a plain module: its vjp is what the Jacobian was built from
+        vjp_err, vjp_ok = 0.0, True
+    else:
+        vjp_err = float(vjp_abs.max())
+        vjp_ok = bool((vjp_abs <= torch.maximum(rtol * vjp_ref, atol_eff * vnorm1)).all())
     if not grad_ok:
         messages.append(f"implicit Dy differs from finite differences at batch element(s) "
                         f"{(~per_ok).nonzero().flatten().tolist()} (max rel err {max_rel:.2e} > "

@@ -74,3 +74,41 @@ def test_check_catches_a_wrong_gradient_in_a_module():
     assert ddn.check.check_gradient(torch.nn.Tanh(), x).ok
     rep = ddn.check.check_gradient(BadExp(), x)
     assert not rep.ok and rep.max_rel_error == pytest.approx(0.01, rel=0.2)
+
+
+class TinyScale(DeclarativeNode):
+    """y = c·x (c = 1e-10): Dy = c·I, every entry below the default atol = 1e-9."""
+    c = 1e-10
+
+    def objective(self, x, y):
+        return 0.5 * ((y - self.c * x) ** 2).sum(-1)
+
+
+class TwiceTinyScale(TinyScale):
+    """The same node reporting 2·Dy (jacobian and vjp): a wrong gradient the check must catch."""
+
+    def jacobian(self, *xs, **kw):
+        return 2 * super().jacobian(*xs, **kw)
+
+    def vjp(self, *xs, **kw):
+        return tuple(None if g is None else 2 * g for g in super().vjp(*xs, **kw))
+
+
+def test_a_wrong_jacobian_of_tiny_entries_is_caught():
+    # with the bare atol = 1e-9 a Dy of entries ~1e-10 passed whatever it was (twice the true
+    # one included); the absolute allowance is capped by the differences' rounding noise
+    x = torch.randn(3, 4, dtype=D)
+    good = check_gradient_torch(TinyScale(4), x)
+    assert good.ok, str(good)
+    assert float(good.details["atol_effective"].max()) < 1e-9
+    bad = check_gradient_torch(TwiceTinyScale(4), x)
+    assert not bad.ok
+    assert any("differs from finite differences" in m for m in bad.messages)
+
+
+def test_the_allowance_is_atol_for_outputs_of_unit_scale():
+    # for |y| ~ 1 the rounding noise of the differences (~2e-8) exceeds atol: atol is used as is
+    x = 1 + torch.rand(3, 4, dtype=D)
+    rep = check_gradient_torch(Quartic(4), x, torch.rand(3, 1, dtype=D) + 0.5)
+    assert rep.ok
+    assert torch.all(rep.details["atol_effective"] == 1e-9)
