@@ -100,8 +100,11 @@ def newton_solve(node, x):
                 y, gy = y + d, g_new
             return y, {"iterations": it, "residual": float(np.max(np.abs(gy)))}
         t, slope = 1.0, float(gy @ d)
-        while t > 1e-12 and not float(f(y + t * d)) <= fy + 1e-4 * t * slope:
-            t *= 0.5
+        # a trial point may overflow f (e.g. exp of a long first step): that is f = inf, a
+        # rejected step, not a numpy RuntimeWarning for the user
+        with np.errstate(over="ignore", invalid="ignore"):
+            while t > 1e-12 and not float(f(y + t * d)) <= fy + 1e-4 * t * slope:
+                t *= 0.5
         if t <= 1e-12:  # no decrease left in f: accept a step only if it shrinks the gradient
             g_new = quiet(g, y + d)
             if np.max(np.abs(g_new)) < np.max(np.abs(gy)):
