@@ -2,11 +2,13 @@
 do when H is singular (Sec. 4.7.4), and with the constraint Jacobian A = D_Y h̃ when the point is
 not regular (Sec. 4.7.3). Private: the nodes and :func:`ddn.reference.implicit_vjp` use it.
 """
+import warnings
+
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg as spla
 
-from .. import DDNError
+from .. import DDNError, DDNWarning
 
 SINGULAR_MODES = ("error", "pinv", "proximal")
 LINEAR_SOLVERS = ("dense", "minres")
@@ -103,6 +105,12 @@ class HessianSolve:
         self.cond = float("nan")
         if singular == "error":  # estimate cond(H) by Lanczos (matvecs only) to catch singular H
             self.cond = _lanczos_condition(H)
+            if np.isnan(self.cond):
+                warnings.warn(
+                    "could not estimate cond(H) for the matrix-free solve (Lanczos did not "
+                    "converge): a singular H = D²_YY L is not ruled out, only MINRES's residual "
+                    "is checked. Use linear_solver='dense' for a reliable check, or "
+                    "singular='proximal' with proximal_delta=δ.", DDNWarning, stacklevel=3)
             if self.cond > COND_MAX:
                 raise DDNError(
                     f"H = D²_YY L is singular (Lanczos estimate cond ≈ {self.cond:.3g}): the "

@@ -130,3 +130,21 @@ def test_eq_32_multipliers():
     g = rng.standard_normal(4)  # not in the row space: Eq. 32 is the least-squares answer
     np.testing.assert_allclose(eq_32_multipliers(g, A), np.linalg.solve(A @ A.T, A @ g),
                                atol=1e-12)
+
+
+def test_matrix_free_solve_says_when_cond_h_could_not_be_estimated(monkeypatch):
+    # the Lanczos estimate returned nan when ARPACK did not converge, and the singular-H check
+    # was skipped without a word
+    import scipy.sparse.linalg as spla
+
+    from ddn import DDNWarning
+    from ddn.reference import _linalg
+
+    def no_convergence(*a, **k):
+        raise spla.ArpackNoConvergence("no convergence", np.array([]), np.array([]))
+    monkeypatch.setattr(_linalg.spla, "eigsh", no_convergence)
+    H = np.diag([1.0, 2.0, 3.0, 4.0])
+    op = spla.aslinearoperator(H)
+    with pytest.warns(DDNWarning, match="could not estimate cond"):
+        Hs = _linalg.HessianSolve(op, "error")
+    np.testing.assert_allclose(Hs.solve(np.ones(4)), 1 / np.diag(H), rtol=1e-10)
