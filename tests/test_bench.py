@@ -56,8 +56,11 @@ def test_device_check_script_runs_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "device check: passed" in proc.stdout
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["bench-nodes-cpu.json", "bench-nodes.log", "env.txt", "images-smoke-cpu.csv",
-                     "images-smoke.log", "pointcloud-smoke-cpu.csv", "pointcloud-smoke.log"]
+    assert names == ["bench-full-scale-cpu.json", "bench-nodes-cpu.json", "env.txt",
+                     "images-smoke-cpu.csv", "pointcloud-smoke-cpu.csv", "steps.log"]
+    log = (tmp_path / "out" / "steps.log").read_text()
+    for step in ("bench-nodes", "bench-full-scale", "pointcloud-smoke", "images-smoke"):
+        assert f"=== {step}: exit 0" in log
     assert len(names) <= 8  # the device tool returns at most 8 files
 
 
@@ -112,3 +115,26 @@ def test_cg_check_every_ab_script_runs():
                            "--reps", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "k=1 / k=8" in proc.stdout and "smooth" in proc.stdout
+
+
+def test_full_scale_experiment_bench_runs_quick(tmp_path):
+    out = tmp_path / "fs.json"
+    proc = subprocess.run([sys.executable, "bench/experiments/bench_full_scale.py", "--quick",
+                           "--rounds", "1", "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert [r["model"] for r in data["pointcloud"]["rows"]] == ["max", "Q", "PH", "H", "W", "TQ"]
+    assert data["images"]["rows"][0]["model"] == "none" and len(data["images"]["rows"]) == 7
+    assert all(r["step_s"] > 0 for part in ("pointcloud", "images") for r in data[part]["rows"])
+
+
+def test_full_scale_readme_tables_are_the_committed_measurement():
+    readme = (ROOT / "bench" / "experiments" / "README.md").read_text()
+    data = json.loads((ROOT / "bench" / "experiments" / "results-h200.json").read_text())
+    assert data["machine"]["gpu"] in readme
+    for part in ("pointcloud", "images"):
+        for r in data[part]["rows"]:
+            cells = (f"| {r['step_s'] * 1e3:.1f} | {r['samples_per_s']:.0f} | "
+                     f"{r['ratio_to_base']:.2f} | {r['peak_bytes'] / 2**30:.2f} |")
+            assert cells in readme, (part, r["model"], cells)

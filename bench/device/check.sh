@@ -2,8 +2,10 @@
 # The GPU checks of the project, as one script (about 5 minutes on one H100):
 #   1. the node backward benchmark on the GPU (bench/nodes/bench_backward.py --device cuda),
 #      first because it decides issue 3 and its log comes back even if the lease runs out later
-#   2. the CUDA tests (pytest -m cuda): torch nodes, pooling and projections on CUDA against CPU
-#   3. the two experiments' smoke presets on the GPU
+#   2. one training step of the paper's full-size PointNet and ResNet-18 with each pooling /
+#      projection (bench/experiments/bench_full_scale.py)
+#   3. the CUDA tests (pytest -m cuda): torch nodes, pooling and projections on CUDA against CPU
+#   4. the two experiments' smoke presets on the GPU
 # Logs, the benchmark JSON and the experiment CSVs go to $OUT (default results/device-check).
 # Prepare the carried folders first with bench/device/prepare.sh; see bench/device/README.md.
 # DDN_CHECK_DEVICE=cpu runs the same steps on the CPU (to test this script without a GPU).
@@ -27,14 +29,14 @@ if ! "$PY" -c "import autograd" 2>/dev/null; then
     fi
 fi
 status=0
-step() {  # step NAME CMD...: run, log to $OUT/NAME.log, remember failure
+step() {  # step NAME CMD...: run, append to $OUT/steps.log (one log: the tool returns 8 files)
     local name=$1
     shift
-    echo "=== $name: $*"
+    echo "=== $name: $*" | tee -a "$OUT/steps.log"
     local t0=$SECONDS
-    "$@" 2>&1 | tee "$OUT/$name.log"
+    "$@" 2>&1 | tee -a "$OUT/steps.log"
     local rc=${PIPESTATUS[0]}
-    echo "=== $name: exit $rc after $((SECONDS - t0)) s"
+    echo "=== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT/steps.log"
     [ "$rc" -eq 0 ] || status=1
 }
 {
@@ -47,6 +49,11 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 # shellcheck disable=SC2086
 step bench-nodes "$PY" bench/nodes/bench_backward.py --device "$DEV" --sizes $SIZES \
     --out "$OUT/bench-nodes-$DEV.json"
+# the paper's full-size models, one training step each (tiny sizes when checking on the CPU)
+QUICK=$([ "$DEV" = cpu ] && echo --quick)
+# shellcheck disable=SC2086
+step bench-full-scale "$PY" bench/experiments/bench_full_scale.py --device "$DEV" $QUICK \
+    --out "$OUT/bench-full-scale-$DEV.json"
 if [ "$DEV" = cuda ]; then
     step cuda-tests "$PY" -m pytest -p no:nbval -p no:cacheprovider -q -m cuda -rs tests
 fi
