@@ -629,6 +629,11 @@ class EqConstrainedNode(DeclarativeNode):
         lam_all, active = kkt["multipliers"], list(kkt["active"])
         self._check_vanishing_gradients(x, y, active, kkt["grad_f"])
         lam_tol = self._active_tol(solver_res) * (1 + np.max(np.abs(kkt["grad_f"])))
+        if active:  # λ_i is judged by its term λ_i D_Y g_i in stationarity, ‖·‖ vs D_Y f's size
+            gn = np.linalg.norm(self.active_jacobian(x, y, active)[p:], axis=1)
+            ok = np.isfinite(gn) & (gn > 0)
+            lam_tol = np.full(q, lam_tol)
+            lam_tol[np.asarray(active)[ok]] /= gn[ok]
         weak, messages = self._check_inequality_multipliers(lam_all[p:], active, lam_tol)
         if weak and self.weakly_active == "unconstrained":
             active = [i for i in active if i not in weak]
@@ -744,10 +749,16 @@ class EqConstrainedNode(DeclarativeNode):
 
     def _check_inequality_multipliers(self, lam_in, active, lam_tol):
         """Prop. 4.6: active inequality multipliers must be λ ≤ 0 (L = f − Σλh); λ = 0 (within
-        lam_tol) means weakly active, a one-sided gradient. Warns (DDNWarning) about both and
-        returns (weakly active indices, messages)."""
-        wrong = [int(i) for i in active if lam_in[i] > lam_tol]
-        weak = [int(i) for i in active if abs(lam_in[i]) <= lam_tol]
+        lam_tol, a scalar or one tolerance per inequality) means weakly active, a one-sided
+        gradient. Warns (DDNWarning) about both and returns (weakly active indices, messages).
+
+        ``optimality`` gives λ_i the tolerance (active tol)·(1 + ‖D_Y f‖∞) / ‖D_Y g_i‖: λ_i is
+        small when its term λ_i D_Y g_i in D_Y f = λᵀA is, whatever g_i's scale (a ball
+        constraint ×1e8 has λ ~ 1e-9: against the bare tolerance it was 'weakly active', and
+        weakly_active='unconstrained' dropped it, Dy = I instead of the sphere's)."""
+        lam_tol = np.broadcast_to(np.asarray(lam_tol, dtype=float), lam_in.shape)
+        wrong = [int(i) for i in active if lam_in[i] > lam_tol[i]]
+        weak = [int(i) for i in active if abs(lam_in[i]) <= lam_tol[i]]
         messages = []
         if wrong:
             messages.append(
