@@ -99,7 +99,8 @@ def implicit_vjp(v, H, pullback, A=None, *, singular="error", proximal_delta=1e-
     Hs = HessianSolve(H, singular, proximal_delta)
     w = Hs.solve(v, trans=True)  # w = H⁻ᵀ v
     S = Ak @ Hs.solve(Ak.T)  # S = A H⁻¹ Aᵀ
-    mu_k = _solve_small(S.T, Ak @ w, pinv=cs.mode == "pinv")  # Sᵀ μ = A w
+    mu_k = _solve_small(S.T, Ak @ w, pinv=cs.mode == "pinv",  # Sᵀ μ = A w
+                        fallback="pinv" in (cs.choice, singular))
     u = w - Hs.solve(Ak.T @ mu_k, trans=True)  # u = H⁻ᵀ (v − Aᵀ μ)
     mu = np.zeros(A.shape[0])
     mu[cs.keep] = mu_k
@@ -145,13 +146,18 @@ def _regular_kkt(H, A, singular):
     return K if condition_number(d[:, None] * K * d[None, :]) <= COND_MAX else None
 
 
-def _solve_small(S, rhs, pinv=False):
-    """S⁻¹ rhs for the small p̃ × p̃ Schur complement (or S⁺ rhs)."""
+def _solve_small(S, rhs, pinv=False, fallback=False):
+    """S⁻¹ rhs for the small p̃ × p̃ Schur complement (or S⁺ rhs). ``fallback``: S⁺ where S is
+    singular, for a pseudo-inverse the user chose (singular='pinv' or nonregular='pinv'; at a
+    regular A nonregular='pinv' did not reach S, so the remedy this error named failed too)."""
     if pinv:
         return np.linalg.pinv(S, rcond=1e-12) @ rhs
     if condition_number(S) > 1e12:
+        if fallback:
+            return np.linalg.pinv(S, rcond=1e-12) @ rhs
         raise DDNError("A H⁻¹ Aᵀ is singular: H is not invertible on the constraints "
-                       "(Prop. 4.5 needs it). Choose singular='proximal' or nonregular='pinv'.")
+                       "(Prop. 4.5 needs it). Choose singular='proximal', or singular='pinv' / "
+                       "nonregular='pinv' for the minimum-norm substitute.")
     return np.linalg.solve(S, rhs)
 
 
@@ -217,7 +223,8 @@ def prop_4_5_jacobian(H, A, B, C, *, singular="error", proximal_delta=1e-6, nonr
     Hs = HessianSolve(H, singular, proximal_delta)
     HiAT, HiB = Hs.solve(Ak.T), Hs.solve(B)  # H⁻¹Aᵀ, H⁻¹B
     S = Ak @ HiAT  # A H⁻¹ Aᵀ
-    return HiAT @ _solve_small(S, Ak @ HiB - Ck, pinv=cs.mode == "pinv") - HiB
+    return HiAT @ _solve_small(S, Ak @ HiB - Ck, pinv=cs.mode == "pinv",
+                               fallback="pinv" in (cs.choice, singular)) - HiB
 
 
 def cor_4_7_jacobian(H, a, B, *, singular="error", proximal_delta=1e-6):
@@ -288,6 +295,7 @@ class Optimality:
     weakly_active: list = field(default_factory=list)
     residual: float = 0.0
     cond_H: float = float("nan")
+    H_scale: float = float("nan")  # size of the terms H is summed from (see _hessian_terms)
     rank_A: int = 0
     rule: str = ""
     messages: list = field(default_factory=list)
@@ -535,15 +543,23 @@ class DeclarativeNode:
         if not isinstance(opt.H, np.ndarray) or not np.all(np.isfinite(opt.H)):
             return  # matrix-free H (minres) or feasibility (H is None): not checked
         H = 0.5 * (opt.H + opt.H.T)
-        if opt.A is not None and opt.A.shape[0]:
-            _, sv, Vt = np.linalg.svd(opt.A)
+        # "clearly negative": below −1e-8 of the size of H's terms (Optimality.H_scale, ≥ ‖H‖₂),
+        # so that a maximum of c·f is named for any c > 0 (an absolute floor missed it for
+        # c = 1e-9) while rounding noise in an H whose terms cancel is not
+        scale = opt.H_scale if np.isfinite(opt.H_scale) else float(np.linalg.norm(H, 2))
+        A = opt.A
+        weak = [i for i in opt.weakly_active if i not in opt.active]
+        if weak:  # dropped (weakly_active="unconstrained"): H need only be ⪰ 0 where g_i = 0 too
+            A = self.active_jacobian(opt.x, opt.y, sorted(opt.active + weak))
+        if A is not None and A.shape[0]:
+            _, sv, Vt = np.linalg.svd(A)
             r = int(np.sum(sv > 1e-10 * max(1.0, sv.max())))
             Z = Vt[r:].T
             if Z.shape[1] == 0:
                 return
             H = Z.T @ H @ Z
         ev = np.linalg.eigvalsh(H)
-        if ev.min() < -1e-8 * max(1.0, np.abs(ev).max()):
+        if ev.min() < -1e-8 * scale:
             warnings.warn(
                 f"{type(self).__name__}: y is a stationary point but not a minimum (D²_YY L has "
                 f"the eigenvalue {ev.min():.3g} on the tangent space of the active constraints: a "
@@ -639,14 +655,40 @@ class EqConstrainedNode(DeclarativeNode):
             active = [i for i in active if i not in weak]
         lam = np.concatenate([lam_all[:p], lam_all[p:][np.asarray(active, dtype=int)]])
         H = self._hessian(x, y, lam, active)  # H = D²_YY L
+        H, H_scale = self._hessian_terms(x, y, H, lam)
         A, more = self._check_tangency(x, y, active, self.active_jacobian(x, y, active))
         messages += more
         return Optimality(
             x=x, y=y, H=H, A=A, multipliers=lam_all, active=active, weakly_active=weak,
-            residual=kkt["residual"], cond_H=_cond(H), rank_A=matrix_rank(A),
+            residual=kkt["residual"], cond_H=_cond(H), H_scale=H_scale, rank_A=matrix_rank(A),
             rule=self.rule, messages=messages, **self._pullbacks(x, y, lam, active))
 
     weakly_active = "constrained"
+
+    def _hessian_terms(self, x, y, H, lam):
+        """(H, s): s = max(‖H‖₂, ‖D²_YY f‖₂, ‖Σλ_i D²_YY h̃_i‖₂), the size of the terms that
+        H = D²_YY f − Σλ_i D²_YY h̃_i is summed from, and H with its eigenvalues below s/COND_MAX
+        set to 0. Where the terms cancel, H is known only to ~eps·s: on the sphere with an
+        objective c‖u‖² (every point a minimum, λ = c) H is rounding noise of size 1e-16·c whose
+        own condition number is small, and singular='error' and 'pinv' inverted it, returning
+        an O(1) random Dy without a word; now H = 0 there and the singular-H rules apply. Without
+        cancellation (s = ‖H‖₂) nothing changes: those eigenvalues made cond(H) > COND_MAX
+        already. A matrix-free H is returned as it is, with s = nan."""
+        if not isinstance(H, np.ndarray) or not np.all(np.isfinite(H)):
+            return H, float("nan")
+        sH = float(np.linalg.norm(H, 2)) if H.size else 0.0
+        if not np.any(lam):
+            return H, sH
+        Hf = self.lagrangian_hessian(x, y, np.zeros(0), ())  # D²_YY f
+        s = max(sH, float(np.linalg.norm(Hf, 2)), float(np.linalg.norm(H - Hf, 2)))
+        if not np.isfinite(s) or s <= sH:
+            return H, sH
+        ev, V = np.linalg.eigh(0.5 * (H + H.T))
+        small = np.abs(ev) <= s / COND_MAX
+        if small.any():
+            ev[small] = 0.0
+            H = (V * ev) @ V.T
+        return H, s
 
     def _check_given_multipliers(self, x, y, kkt, solver_res):
         """ctx["multipliers"] that break stationarity (D_Y f ≠ λᵀA) where the least-squares ones

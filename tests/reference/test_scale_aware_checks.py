@@ -6,8 +6,9 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 
-from ddn import DDNWarning
-from ddn.reference import IneqConstrainedNode
+from ddn import DDNError, DDNWarning
+from ddn.reference import (DeclarativeNode, EqConstrainedNode, FixedEqConstrainedNode,
+                           IneqConstrainedNode)
 
 X3 = np.array([0.6, -0.3, 1.2])
 
@@ -40,3 +41,97 @@ def test_weakly_active_ball_constraint_is_still_named_at_any_scale(c):
     u = X3 / np.linalg.norm(X3)  # x on the sphere: g = 0 and λ = 0
     with pytest.warns(DDNWarning, match="weakly active"):
         _ball(c)(3, 3).jacobian(u, u)
+
+
+SCALES = [1e-9, 1e-4, 1.0, 1e4, 1e9]
+
+
+def _quiet(fn):
+    """fn() with every DDNWarning an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DDNWarning)
+        return fn()
+
+
+@pytest.mark.parametrize("c", SCALES)
+def test_maximum_or_farthest_point_of_a_scaled_objective_is_named(c):
+    # the second-order test had an absolute floor, −1e-8·max(1, |ev|): the maximum of c·f
+    # with c = 1e-9 (eigenvalue −1e-9) passed silently
+    class Maximum(DeclarativeNode):
+        def objective(self, x, y):
+            return c * anp.sum(-0.5 * y ** 2 + x * y)
+
+        def solve(self, x):
+            return x.copy(), {}
+
+    class Farthest(FixedEqConstrainedNode):  # c·‖y − x‖² on the unit sphere
+        def objective(self, x, y):
+            return c * anp.sum((y - x) ** 2)
+
+        def constraint(self, y):
+            return anp.sum(y ** 2) - 1
+
+    with pytest.warns(DDNWarning, match="not a minimum"):
+        Maximum(2, 2).jacobian(np.ones(2))
+    u = X3 / np.linalg.norm(X3)
+    with pytest.warns(DDNWarning, match="not a minimum"):
+        Farthest(3, 3).jacobian(X3, -u)
+    _quiet(lambda: Farthest(3, 3).jacobian(X3, u))  # the minimum
+
+
+class FlatSphere(EqConstrainedNode):
+    """(1 + x₀²)·c‖y‖² on the unit sphere: every point is a minimum, for every x. H = D²f − λD²h
+    is 0 up to rounding (λ = c(1 + x₀²)); the minimum-norm Dy (singular='pinv') is 0."""
+    c = 1.0
+
+    def objective(self, x, y):
+        return self.c * (1 + x[0] ** 2) * anp.sum(y ** 2)
+
+    def equality_constraints(self, x, y):
+        return anp.sum(y ** 2) - 1
+
+
+@pytest.mark.parametrize("c", SCALES)
+def test_hessian_that_is_rounding_noise_is_singular(c):
+    # H was pure rounding noise (1e-16·c) with a small condition number of its own: the default
+    # singular='error' and 'pinv' inverted it and returned an O(1) random Dy without a word
+    rng = np.random.default_rng(3)
+    FlatSphere.c = c
+    try:
+        for _ in range(4):
+            x, y = rng.normal(size=3), rng.normal(size=3)
+            y /= np.linalg.norm(y)
+            with pytest.raises(DDNError, match="singular"):
+                FlatSphere(3, 3).jacobian(x, y)
+            node = FlatSphere(3, 3, singular="pinv")  # a genuine (degenerate) minimum: quiet
+            np.testing.assert_array_equal(_quiet(lambda: node.jacobian(x, y)), 0.0)
+            np.testing.assert_array_equal(_quiet(lambda: node.vjp(x, np.ones(3), y)), 0.0)
+    finally:
+        FlatSphere.c = 1.0
+
+
+@pytest.mark.parametrize("c", SCALES)
+def test_degenerate_minima_are_not_called_saddles(c):
+    class Valley(DeclarativeNode):  # c(y₀ + y₁ − x₀)²: singular H, a line of minima
+        def objective(self, x, y):
+            return c * (y[0] + y[1] - x[0]) ** 2
+
+    J = _quiet(lambda: Valley(1, 2, singular="pinv").jacobian(np.array([0.4]),
+                                                             np.array([0.3, 0.1])))
+    np.testing.assert_allclose(J, [[0.5], [0.5]])
+
+    class Quadrant(IneqConstrainedNode):  # c(y₀y₁ + 0.1‖y‖²) on y ≤ 0: strict minimum at 0
+        def objective(self, x, y):
+            return c * (y[0] * y[1] + 0.1 * anp.sum(y ** 2) - anp.dot(x, y))
+
+        def inequality_constraints(self, x, y):
+            return y
+
+    # both constraints weakly active; H is indefinite but ⪰ 0 where they hold (y = 0): dropping
+    # them (weakly_active='unconstrained') must not turn the minimum into a 'saddle'
+    for side in ("constrained", "unconstrained"):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always", DDNWarning)
+            Quadrant(2, 2, weakly_active=side).jacobian(np.zeros(2), np.zeros(2))
+        text = " ".join(str(w.message) for w in got)
+        assert "weakly active" in text and "not a minimum" not in text
