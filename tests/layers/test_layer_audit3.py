@@ -263,3 +263,20 @@ def test_p_that_is_not_one_two_or_inf_is_a_ddnerror(p):
         project_sphere(torch.randn(2, 3), p=p)
     with pytest.raises(DDNError, match="p must be"):
         SphereProjection(p=p)
+
+
+def test_eager_truncated_quadratic_rows_are_solved_independently(monkeypatch):
+    # the eager MM drops converged rows from the iteration: a row's answer must not depend on
+    # the others (rows converging at different steps, kinks on quantized rows), and must be the
+    # kernel's
+    from ddn.torch import _kernels
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(6, 40, generator=g, dtype=torch.float64) * 3,
+                   torch.randint(0, 6, (6, 40), generator=g).double(),
+                   torch.relu(torch.randn(6, 40, generator=g, dtype=torch.float64))])
+    want = T.robust_pool(x, "truncated-quadratic", 1.0)          # CPU kernel
+    monkeypatch.setattr(_kernels, "usable", lambda *a, **k: False)
+    together = T.robust_pool(x, "truncated-quadratic", 1.0)
+    alone = torch.stack([T.robust_pool(r[None], "truncated-quadratic", 1.0)[0] for r in x])
+    assert torch.equal(together, alone)
+    torch.testing.assert_close(together, want, rtol=0, atol=1e-12)
