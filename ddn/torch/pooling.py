@@ -262,10 +262,12 @@ def _tq_local(x, y, a):
     done = torch.zeros_like(y, dtype=torch.bool)
     rows = torch.arange(y.shape[0], device=y.device)
     xa, ya, aa = x, y, _rows_of_alpha(a, x, y.shape[0])
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
     for _ in range(4 * _MAX_ITER):
         z = ya[:, None] - xa
-        inl = (z.abs() < aa).to(x.dtype)
-        cnt, s = inl.sum(-1), (inl * xa).sum(-1)
+        az = z.abs()
+        inl = az < aa  # masks stay bool: no float copy of them, no multiply (where instead)
+        cnt, s = inl.sum(-1, dtype=x.dtype), torch.where(inl, xa, zero).sum(-1)
         yn = torch.where(cnt > 0, s / cnt.clamp_min(1), ya)
         fixed = yn == ya
         if bool(fixed.any()):
@@ -273,11 +275,11 @@ def _tq_local(x, y, a):
             # the concave kink of min(z², α²) lets f drop toward them. Counting the kink points
             # on one side (the side with more, the left on a tie) as inliers is a valid majorizer
             # at y, whose minimizer lowers f strictly (as the kernel)
-            kink = z.abs() == aa
+            kink = az == aa
             left, right = kink & (z > 0), kink & (z < 0)
-            side = torch.where((left.sum(-1) >= right.sum(-1))[:, None], left, right).to(x.dtype)
-            ck = cnt + side.sum(-1)
-            yk = torch.where(ck > 0, (s + (side * xa).sum(-1)) / ck.clamp_min(1), ya)
+            side = torch.where((left.sum(-1) >= right.sum(-1))[:, None], left, right)
+            ck = cnt + side.sum(-1, dtype=x.dtype)
+            yk = torch.where(ck > 0, (s + torch.where(side, xa, zero).sum(-1)) / ck.clamp_min(1), ya)
             yn = torch.where(fixed, yk, yn)
         d = yn == ya
         y[rows] = yn
