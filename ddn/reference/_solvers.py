@@ -148,6 +148,18 @@ def _objective_scale(f, y0):
     return s if np.isfinite(s) and s > 0 else 1.0
 
 
+def _residual_scale(r, y0):
+    """max(‖r(y0)‖∞, max|D r(y0)|), or 1 where that is 0 or not finite."""
+    try:
+        with np.errstate(all="ignore"):
+            s = max(float(np.max(np.abs(np.asarray(r(y0), dtype=float)), initial=0.0)),
+                    float(np.max(np.abs(np.asarray(quiet(jacobian(r), y0), dtype=float)),
+                                 initial=0.0)))
+    except (TypeError, ValueError, ArithmeticError, DDNError):
+        return 1.0
+    return s if np.isfinite(s) and s > 0 else 1.0
+
+
 def constrained_solve(node, x):
     """Minimize ``node.objective(x, ·)`` subject to the node's constraints.
 
@@ -263,8 +275,13 @@ def feasibility_solve(node, x):
             parts.append(anp.maximum(node._ineq(x, u), 0.0))
         return anp.concatenate(parts)
 
+    # least squares on r / s, s the size of r and D_Y r at y0 (the same zeros): with the
+    # constraints ×1e-9 its gradient test (gtol on Jᵀr ~ 1e-18) stopped at y0 at once
+    s = _residual_scale(r, y0)
+    rs = lambda u: r(u) / s  # noqa: E731
+
     def attempt(start):
-        res = scipy.optimize.least_squares(r, start, jac=jacobian(r), xtol=1e-15, ftol=1e-15,
+        res = scipy.optimize.least_squares(rs, start, jac=jacobian(rs), xtol=1e-15, ftol=1e-15,
                                            gtol=1e-15, max_nfev=50 * node.max_iter)
         y = polish_kkt(node, x, np.asarray(res.x, dtype=float))
         return res, y, node.violation(x, y)
@@ -300,15 +317,15 @@ def polish_kkt(node, x, y, iters=20, scale=1.0):
     still far from stationary. The constraint residual is divided likewise by the size of
     D_Y h̃ (a distance): for h ×1e-9 a y 5e-9 off the sphere had a residual of 1e-17 and the
     polish stopped there."""
-    def merit(k):
-        return max(k["stationarity"] / scale, k["feasibility"] / hscale)
+    def merit(k):  # the constraints as written (not at violation()'s scale): ÷ hscale here
+        return max(k["stationarity"] / scale, k["feasibility_raw"] / hscale)
 
     best = node.kkt_residual(x, y)
     A0 = node.active_jacobian(x, y, best["active"])
     hscale = float(np.max(np.abs(A0), initial=0.0))
     hscale = hscale if 0 < hscale < np.inf else 1.0
     for _ in range(iters):
-        if best["residual"] == 0.0:
+        if max(best["stationarity"], best["feasibility_raw"]) == 0.0:
             break
         act = best["active"]
         lam = best["lam_active"]

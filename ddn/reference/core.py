@@ -450,9 +450,40 @@ class DeclarativeNode:
                                        operator=self.linear_solver == "minres")
 
     def violation(self, x, y):
-        """max(|h|, max(g, 0)): 0 when y is feasible."""
+        """max(|h|, max(g, 0)) on the constraints' own scale (see ``_unit_violation``): 0 when y
+        is feasible."""
         h, g = np.asarray(self._eq(x, y)), np.asarray(self._ineq(x, y))
-        return float(max(np.max(np.abs(h), initial=0.0), np.max(g, initial=0.0)))
+        v = np.concatenate([np.abs(h).reshape(-1), np.maximum(g, 0.0).reshape(-1)])
+        if v.size == 0 or not np.any(v):  # feasible (NaN goes on, and stays NaN)
+            return 0.0
+        return float(np.max(self._unit_violation(x, y, v, np.arange(v.size))))
+
+    #: constraints with ‖D_Y h_i‖∞ below 1/violation_band are measured as distances (see below)
+    violation_band = 1e2
+
+    def _unit_violation(self, x, y, v, rows):
+        """Violations v ≥ 0 of the constraints ``rows`` of [h; g], in the units that ``feas_tol``
+        and the KKT residual use. For constraints of ordinary size they are |h_i| and max(g_i, 0)
+        unchanged, but (1) a violation at the rounding level of h_i at y, |h_i| ≤ 100·eps·t_i with
+        t_i = Σ_j |∂h_i/∂y_j|·max(1, |y_j|) the size of h_i's terms, is 0: a constraint ×1e9 (or
+        ‖y‖² = 1e10) cannot be met more closely in floating point, and such a feasible problem
+        was 'no feasible point found'; (2) a constraint whose gradient is tiny, ‖D_Y h_i‖∞ <
+        1/violation_band (×1e-12, say), is measured as violation_band × distance,
+        |h_i|/(violation_band·‖D_Y h_i‖∞): bare |h_i| ≤ feas_tol accepted y = x, 8.6 from the
+        sphere ‖y‖ = 10 written ×1e-12, and y = 0 for y³ = x written ×1e-12, without a word."""
+        v = np.asarray(v, dtype=float)
+        try:
+            J = quiet(jacobian(lambda u: anp.concatenate([self._eq(x, u), self._ineq(x, u)])), y)
+            J = np.abs(np.asarray(J, dtype=float).reshape(-1, y.size)[np.asarray(rows, int)])
+        except (TypeError, ValueError, ArithmeticError, DDNError):
+            return v
+        if not np.all(np.isfinite(J)):
+            return v
+        t = J @ np.maximum(1.0, np.abs(y))  # size of h_i's terms
+        v = np.where(v <= 100 * np.finfo(float).eps * t, 0.0, v)
+        s = np.minimum(1.0, self.violation_band * np.max(J, axis=1, initial=0.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(v > 0, v / s, 0.0)
 
     def _active_tol(self, solver_residual=0.0):
         """Tolerance for g_i ≥ −tol to count as active: tied to the solver's accuracy (its
@@ -492,12 +523,17 @@ class DeclarativeNode:
         full = np.zeros(p + q)
         full[:p], full[p + np.asarray(active, dtype=int)] = lam[:p], lam[p:]
         stat = float(np.max(np.abs(grad_f - A.T @ lam), initial=0.0))
-        feas = max(self.violation(x, y),
-                   np.max(np.abs(g[active]), initial=0.0))  # active: treated as g = 0
+        h = np.asarray(self._eq(x, y), dtype=float).reshape(-1)
+        raw = max(np.max(np.abs(h), initial=0.0), np.max(g, initial=0.0),
+                  np.max(np.abs(g[active]), initial=0.0))  # as written, for the KKT polish
+        feas = self.violation(x, y)
+        if active:  # active: treated as g = 0, on the same scale as the violation
+            feas = max(feas, float(np.max(self._unit_violation(
+                x, y, np.abs(g[active]), p + np.asarray(active, dtype=int)))))
         res = max(stat, feas)
         tol = self.tol * (1.0 + np.max(np.abs(grad_f), initial=0.0))
         return {"residual": float(res), "tol": float(tol), "multipliers": full,
-                "stationarity": stat, "feasibility": float(feas),
+                "stationarity": stat, "feasibility": float(feas), "feasibility_raw": float(raw),
                 "active": active, "lam_active": lam, "grad_f": grad_f}
 
     def optimality(self, x, y=None, ctx=None):
@@ -591,7 +627,9 @@ class EqConstrainedNode(DeclarativeNode):
     by Newton on the KKT system; it raises DDNError for infeasible or non-converged problems.
 
     Extra args: nonregular ("error" | "lstsq" | "drop" | "pinv", Sec. 4.7.3), method,
-    feas_tol (largest constraint violation accepted from the solver).
+    feas_tol (largest constraint violation |h_i|, max(g_i, 0) accepted from the solver; a
+    violation at the rounding level of h_i at y is none, and a constraint with a tiny gradient,
+    ‖D_Y h_i‖∞ < 1e-2, is measured as 1e2 × its distance |h_i|/‖D_Y h_i‖∞, see ``violation``).
     """
 
     rule = "Prop. 4.5"

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from ddn import DDNError, DDNWarning
-from ddn.reference import (DeclarativeNode, EqConstrainedNode, FixedEqConstrainedNode,
-                           IneqConstrainedNode)
+from ddn.check import check_gradient
+from ddn.reference import (DeclarativeNode, EqConstrainedNode, FeasibilityNode,
+                           FixedEqConstrainedNode, IneqConstrainedNode)
 
 X3 = np.array([0.6, -0.3, 1.2])
 
@@ -135,3 +136,59 @@ def test_degenerate_minima_are_not_called_saddles(c):
             Quadrant(2, 2, weakly_active=side).jacobian(np.zeros(2), np.zeros(2))
         text = " ".join(str(w.message) for w in got)
         assert "weakly active" in text and "not a minimum" not in text
+
+
+def _cube_root(c):
+    class CubeRootScaled(FeasibilityNode):  # c(y³ − x) = 0: y = ∛x, Dy = diag(1/(3y²))
+        def equality_constraints(self, x, y):
+            return c * (y ** 3 - x)
+    return CubeRootScaled
+
+
+@pytest.mark.parametrize("c", [1e-14, 1e-12, 1e-9, 1.0, 1e8, 1e11])
+def test_feasibility_node_with_scaled_constraints(c):
+    # feas_tol was absolute: ×1e-12 accepted y = 0 (|h| = 1.2e-12 ≤ 1e-8) without a word,
+    # ×1e-9 'did not converge', ×1e8 and above 'no point satisfies the constraints' (|h| at
+    # its rounding level, 2e-8, was above feas_tol)
+    node = _cube_root(c)(3, 3)
+    y, ctx = node.solve(X3)
+    np.testing.assert_allclose(y, np.cbrt(X3), rtol=1e-12)
+    J = _quiet(lambda: node.jacobian(X3, y, ctx))
+    np.testing.assert_allclose(J, np.diag(1 / (3 * np.cbrt(X3) ** 2)), rtol=1e-9)
+
+
+@pytest.mark.parametrize("c", [1e-12, 1.0, 1e9])
+def test_projection_onto_a_sphere_written_tiny_is_on_the_sphere(c):
+    # ‖y‖² = 100 written ×1e-12: SLSQP stopped at y = x (|h| = 1e-10 ≤ feas_tol), returned as
+    # the projection without a word
+    class Sphere10(EqConstrainedNode):
+        def objective(self, x, y):
+            return anp.sum((y - x) ** 2)
+
+        def equality_constraints(self, x, y):
+            return c * (anp.sum(y ** 2) - 100)
+
+    y, _ = Sphere10(3, 3).solve(X3)
+    np.testing.assert_allclose(y, 10 * X3 / np.linalg.norm(X3), rtol=1e-12)
+
+
+def test_feas_tol_keeps_its_meaning_for_ordinary_constraints():
+    node = _cube_root(1.0)(3, 3)
+    y = np.cbrt(X3) * 1.001
+    assert node.violation(X3, y) == np.max(np.abs(y ** 3 - X3))  # |h| as written
+    assert node.violation(X3, np.cbrt(X3)) <= 1e-15
+
+
+def test_rounding_level_violation_of_a_large_constraint_is_feasible():
+    # ‖y‖² = 1e10: |h| at the correctly rounded y is ~1e-6 (eps × 1e10), above feas_tol = 1e-8
+    class BigSphere(EqConstrainedNode):
+        def objective(self, x, y):
+            return anp.sum((y - x) ** 2)
+
+        def equality_constraints(self, x, y):
+            return anp.sum(y ** 2) - 1e10
+
+    node = BigSphere(3, 3)
+    u = 1e5 * X3 / np.linalg.norm(X3)
+    assert node.violation(X3, u) == 0.0 and node.violation(X3, u * (1 + 1e-9)) > 1e-8
+    assert check_gradient(node, 1.3e5 * X3).ok
