@@ -59,6 +59,55 @@ def _as_2d(c, b):
     return c
 
 
+# A near-dependency of the active constraints: a direction with σ_k < σ_max / _NEAR_KAPPA
+_NEAR_KAPPA = 100.0
+# constraint values along it below _NEAR_NOISE · eps · (1 + ‖y‖∞) are round-off (not evidence)
+_NEAR_NOISE = 10.0
+
+
+def _nearly_dependent(A, c, mask, y, tol_y):
+    """Active constraints that are nearly (not exactly) dependent at ``y``, and a y this precision
+    cannot pin down. ``A`` (b, P, m) their Jacobian, ``c`` (b, P) their values, ``mask`` (b, P) the
+    active ones. With the rows scaled to unit norm, ``Â = U S Vᵀ``, the constraint values along a
+    near-null direction, ``u_kᵀĉ``, call for a move of ``|u_kᵀĉ| σ_max / σ_k`` of y to satisfy them:
+    the distance of y from the feasible point that the constraints define, which a residual test
+    ``‖c‖ ≤ tol`` cannot see (h₂ = φ·h₁ + 10⁻⁴·ℓ in float32 was 'solved' by a y where ℓ ≠ 0, O(1)
+    from the answer). Exactly dependent constraints (h₂ = φ·h₁) have ``u_kᵀĉ`` at round-off,
+    which is not counted. Returns ``(flag (b,), move (b,), kappa (b,))``, no graph."""
+    with torch.no_grad():
+        Ad = A.detach().double() * mask.unsqueeze(-1)
+        rn = Ad.norm(dim=-1)
+        act = mask & (rn > 0)
+        rs = torch.where(act, rn, torch.ones_like(rn))
+        An = Ad / rs.unsqueeze(-1)
+        cn = torch.where(act, c.detach().double() / rs, torch.zeros_like(rs))
+        U, S, _ = torch.linalg.svd(An, full_matrices=False)
+        smax = S[:, :1]
+        proj = (U * cn.unsqueeze(-1)).sum(-2).abs()  # |u_kᵀĉ|, (b, k)
+        ysc = (1 + y.detach().double().abs().amax(-1)).unsqueeze(-1)
+        eps = torch.finfo(y.dtype).eps
+        Ss = torch.where(S > 0, S, torch.ones_like(S))
+        move = torch.where(S > 0, proj * smax / Ss, torch.zeros_like(S))
+        near = (S < smax / _NEAR_KAPPA) & (proj > _NEAR_NOISE * eps * ysc) & (move > tol_y * ysc)
+        near = near & torch.isfinite(move)
+        flag = near.any(-1) & torch.isfinite(y.detach()).all(-1)
+        move = torch.where(near, move, torch.zeros_like(move)).amax(-1)
+        kappa = torch.where(smax[:, 0] > 0, smax[:, 0] / torch.where(near, S, smax).amin(-1),
+                            torch.ones_like(move))
+    return flag, move, kappa
+
+
+def _report_nearly_dependent(flag, move, kappa, on_degenerate):
+    report(f"the active constraints are nearly dependent (their gradients almost parallel: "
+           f"cond(A) ≈ {float(kappa[flag].max()):.1e}, A = D_Y [h; g] with unit rows) and y does "
+           f"not satisfy them to the accuracy that this needs: the constraint values along the "
+           f"near-dependency put y up to {float(move[flag].max()):.1e} from the point they define. "
+           "y and its gradient are unreliable (singular='pinv'/'proximal' treat the constraints "
+           "as exactly dependent and do not mend this)", flag,
+           "Remedy: compute in float64 (torch.float64 inputs), or reformulate the constraints so "
+           "that they are well separated, or drop the redundant one.", on_degenerate)
+
+
 class DeclarativeNode:
     """Unconstrained declarative node ``y(x) ∈ argmin_u f(x, u)``; ``Dy = −H⁻¹B`` (Prop. 4.4), applied
     as ``vᵀDy = −wᵀB`` with ``Hw = v`` (``H = D²_YY f``, ``B = D²_XY f``; ``B`` is never formed).
@@ -395,13 +444,24 @@ class DeclarativeNode:
         lam_ls, minfo = _linalg.solve_dense(M, rhs, singular=sing)
         finite = torch.isfinite(yf.detach()).all(1)
         rank_def = minfo["singular"] & finite
-        if rank_def.any() and sing is None:  # with singular="pinv"/"proximal" the remedy was chosen
+        # nearly (not exactly) dependent constraints that y does not satisfy to the accuracy they
+        # need: reported whatever `singular` says (pinv/proximal would treat them as dependent)
+        tol_y = self.residual_tol if self.residual_tol is not None else default_tol(yf.dtype, 1e-6, 1e-3)
+        near, move, kappa = _nearly_dependent(A, c, mask, yf, tol_y)
+        done = ctx.get("_near_dependent_reported")  # by the default solver, in the forward
+        todo = near if done is None else near & ~torch.as_tensor(done, device=near.device)
+        if todo.any():
+            _report_nearly_dependent(todo, move, kappa, self.on_degenerate)
+        rank_def_named = rank_def & ~near
+        if rank_def_named.any() and sing is None:  # with singular="pinv"/"proximal" the remedy was chosen
             report("the gradients of the equality and active inequality constraints are linearly "
-                   "dependent (rank-deficient; not a regular point, Def. 4.3); the gradient is "
-                   "unreliable", rank_def,
+                   "dependent (rank-deficient, or too nearly dependent for this precision to tell; "
+                   "not a regular point, Def. 4.3); the gradient is unreliable", rank_def_named,
                    "Remedy: remove redundant constraints, or opt in to singular='pinv' (least-norm "
                    "multipliers and a pseudo-inverse of the KKT matrix) or singular='proximal' "
-                   "(regularised KKT matrix, O(proximal_delta) bias).", self.on_degenerate)
+                   "(regularised KKT matrix, O(proximal_delta) bias). If they are distinct "
+                   "constraints whose gradients are only nearly parallel, compute in float64 "
+                   "instead: pinv/proximal would drop one of them.", self.on_degenerate)
         given = ctx.get("multipliers")
         if given is not None and not create_graph:
             lam = torch.as_tensor(given, dtype=yf.dtype, device=yf.device)
@@ -440,7 +500,7 @@ class DeclarativeNode:
                        "Remedy: none needed if a one-sided gradient is acceptable (as ReLU at 0); "
                        "otherwise perturb the input.", self.on_degenerate)
         # elements already named (not under a chosen remedy, which must not hide other findings)
-        reported = rank_def if sing is None else torch.zeros_like(rank_def)
+        reported = (rank_def if sing is None else torch.zeros_like(rank_def)) | near
         return lam, mask, {"A": A.detach(), "mask": mask, "p": p, "q": q, "weakly_active": weak,
                            "rank_deficient": rank_def, "rank_deficient_reported": reported}
 
@@ -521,7 +581,10 @@ class EqConstrainedNode(DeclarativeNode):
     elements where it stalls (e.g. ``∇h = 0`` at the initial guess, as for ``‖y‖² = 1`` at ``y = 0``)
     are solved again by an augmented Lagrangian (not under ``linear_solver="unroll"``).
     Multipliers: ``ctx["multipliers"]`` if the solver gives them (convention ``L = f − λᵀh``), else
-    least squares ``λ = (AAᵀ)⁻¹ A ∇_Y f`` (Eq. 32).
+    least squares ``λ = (AAᵀ)⁻¹ A ∇_Y f`` (Eq. 32). Nearly (not exactly) dependent constraints whose
+    values at y leave y measurably far from the point they define (``‖h‖`` within tolerance, but
+    along a near-dependency of ``A``) are reported by the default solver and by the backward,
+    whatever ``singular`` says.
     """
 
     constrained = True
@@ -581,7 +644,20 @@ class EqConstrainedNode(DeclarativeNode):
             use = info["stalled"] & al_info["converged"]
             z = torch.where(use.unsqueeze(-1), torch.cat([y_al, lam_al], -1), z)
             conv = conv | use
-        return z[:, :m].reshape(b, *shape), {"multipliers": z[:, m:].detach(), "converged": conv}
+        ctx = {"multipliers": z[:, m:].detach(), "converged": conv}
+        # Converged to tolerance is not y right where the constraints are nearly dependent: a
+        # residual ‖h‖ ≤ tol can leave y far from the point they define (see _nearly_dependent)
+        with torch.enable_grad():
+            yk = z[:, :m].detach().requires_grad_(True)
+            hk = _as_2d(self.equality_constraints(*xs, yk.reshape(b, *shape)), b)
+            Ak = batched_jacobian(hk, yk)
+        tol_y = self.residual_tol if self.residual_tol is not None else default_tol(y0.dtype, 1e-6, 1e-3)
+        near, move, kappa = _nearly_dependent(Ak, hk.detach(), torch.ones_like(hk, dtype=torch.bool),
+                                              yk.detach(), tol_y)
+        if near.any():
+            _report_nearly_dependent(near, move, kappa, self.on_degenerate)
+            ctx["_near_dependent_reported"] = near
+        return z[:, :m].reshape(b, *shape), ctx
 
 
 class IneqConstrainedNode(EqConstrainedNode):
