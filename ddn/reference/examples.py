@@ -11,6 +11,7 @@ import numpy as np
 from .. import DDNError
 from .core import (DeclarativeNode, EqConstrainedNode, FeasibilityNode, FixedEqConstrainedNode,
                    IneqConstrainedNode, LinEqConstrainedNode, _check_vector)
+from .projections import _norm
 
 __all__ = [
     "QuadraticNode", "TwoSolutionNode", "DirectionAlignmentNode",
@@ -74,7 +75,7 @@ class TwoSolutionNode(DeclarativeNode):
 
 def _unit(x, name):
     x = np.asarray(x, float)
-    r = np.linalg.norm(x)
+    r = _norm(x, 2)  # scaled: ‖(3e200, 4e200)‖ overflowed, and y = x/inf = 0 came back
     if r == 0:
         raise DDNError(f"{name}: x = 0 has no direction (every unit vector is a solution).")
     return x / r, r
@@ -147,7 +148,7 @@ class UnitSphereNode(FixedEqConstrainedNode):
     def solve(self, x):
         y = _unit(self._check_x(x), type(self).__name__)[0]
         # λ from D_Y f = λ D_Y h: (y − x) = λ 2y ⇒ λ = (1 − ‖x‖)/2
-        return y, {"multipliers": np.array([(1.0 - np.linalg.norm(x)) / 2.0])}
+        return y, {"multipliers": np.array([(1.0 - _norm(x, 2)) / 2.0])}
 
     def closed_form_jacobian(self, x):
         y, r = _unit(x, type(self).__name__)
@@ -171,15 +172,15 @@ class UnitBallNode(IneqConstrainedNode):
         return anp.dot(y, y) - 1.0
 
     def initial_guess(self, x):
-        return 0.5 * np.asarray(x) / max(1.0, float(np.linalg.norm(x)))
+        return 0.5 * np.asarray(x) / max(1.0, _norm(np.asarray(x, float), 2))
 
     def closed_form(self, x):
-        return np.asarray(x) / max(1.0, float(np.linalg.norm(x)))
+        return np.asarray(x) / max(1.0, _norm(np.asarray(x, float), 2))
 
     def closed_form_jacobian(self, x):
         """I inside, the sphere's Dy outside; on the sphere (‖x‖ = 1 to 1e-12, weakly active)
         the side that the ``weakly_active`` option picks."""
-        r = np.linalg.norm(x)
+        r = _norm(np.asarray(x, float), 2)
         on_sphere = abs(r - 1.0) <= 1e-12
         if r < 1.0 and not on_sphere or on_sphere and self.weakly_active == "unconstrained":
             return np.eye(self.m)

@@ -69,7 +69,15 @@ def _check(x, p, radius):
 
 
 def _norm(x, p):
-    return float(np.linalg.norm(x, ord=p))
+    """‖x‖_p; for p = 2 without over/underflow of the squares (‖(3e200, 4e200)‖ was inf, so the
+    sphere and ball projections returned y = 0 without a word; ‖(3e-320, 4e-320)‖ was 0)."""
+    with np.errstate(over="ignore", under="ignore"):  # handled just below
+        nrm = float(np.linalg.norm(x, ord=p))
+    if p == 2 and not 1e-150 < nrm < 1e150:
+        s = float(np.max(np.abs(x), initial=0.0))
+        if 0 < s < INF:
+            nrm = s * float(np.linalg.norm(np.asarray(x) / s))
+    return nrm
 
 
 def _shrink(a, r):
