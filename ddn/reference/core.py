@@ -1169,6 +1169,9 @@ def shortcut_gradient(node, x, y=None):
     x = _check_vector(x, node.n, "x")
     if y is None:
         y, _ = node.solve(x)
+    else:  # a y that is not stationary gets D_X f, not dJ/dx: say so, as jacobian/vjp do
+        y = _check_vector(y, node.m, "y")
+        node._checked_optimality(x, y, None)
     y = _check_vector(y, node.m, "y")
     return np.asarray(quiet(grad(node.objective, 0), x, y), dtype=float)
 

@@ -192,3 +192,18 @@ def test_rounding_level_violation_of_a_large_constraint_is_feasible():
     u = 1e5 * X3 / np.linalg.norm(X3)
     assert node.violation(X3, u) == 0.0 and node.violation(X3, u * (1 + 1e-9)) > 1e-8
     assert check_gradient(node, 1.3e5 * X3).ok
+
+
+def test_shortcut_gradient_names_a_y_that_is_not_stationary():
+    # Eq. 12 (dJ/dx = D_X f) needs D_Y f = 0; a y that is not stationary returned D_X f there
+    # without a word, while upper_gradient / vjp at the same y warned
+    from ddn.reference import shortcut_gradient, upper_gradient
+    from ddn.reference.examples import QuadraticNode
+
+    node = QuadraticNode(2 * np.eye(2), np.eye(2))
+    x = np.array([1.0, 2.0])
+    y, _ = node.solve(x)
+    g = _quiet(lambda: shortcut_gradient(node, x, y))
+    np.testing.assert_allclose(g, upper_gradient(node.objective, node, x), atol=1e-12)
+    with pytest.warns(DDNWarning, match="not a stationary point"):
+        shortcut_gradient(node, x, np.array([5.0, 5.0]))
