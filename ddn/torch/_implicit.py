@@ -57,6 +57,49 @@ def gradient_scale(Ku):
     return torch.where(torch.isfinite(s), s, torch.ones_like(s))  # NaN/Inf: the absolute test
 
 
+def proximal_rel(dtype):
+    """δ/‖H‖ of the default proximal shift: ``max(1e-6, 0.3·√eps)``. The shift biases the gradient
+    by about δ/‖H‖ and leaves cond(H + δI) ≈ ‖H‖/δ, whose round-off costs up to eps·‖H‖/δ: about
+    √eps balances the two. float32 gets 1e-4 (measured: bias and round-off ≤ 4e-4 on a singular
+    H at scales 10⁻³..10³ and on repeated constraints; 1e-6 gave cond ~10⁶, above the singular
+    threshold 0.1/eps, a warning and errors of 3e-2, and NaN at ‖H‖ = 10³); float64 keeps 1e-6."""
+    return max(1e-6, 0.3 * _linalg.eps_of(dtype) ** 0.5)
+
+
+def proximal_shift(K, matvec, n_primal, b=None, N=None, dtype=None, device=None):
+    """The diagonal (b, N) of the default proximal shift (``proximal_delta=None``), relative to the
+    problem's scale: ``+r‖H‖`` on the primal block, ``−r‖A‖²/‖H‖`` on the multiplier block
+    (``r = proximal_rel``), i.e. ``±r`` in the block-scaled KKT matrix (unit ``H`` and ``A``, see
+    ``_linalg.kkt_block_scaling``). An absolute δ = 1e-6 was a shift of 1e-9 next to ‖H‖ = 10³
+    (lost in float32 round-off: NaN gradient) and a bias of 1e-3 next to ‖H‖ = 10⁻³. ``‖H‖`` and
+    ``‖A‖`` are the largest entries of ``K`` (dense) or of ``K s`` for a fixed ±1 vector ``s`` on
+    the primal block (matrix-free); ``H = 0`` (a linear objective) uses ``‖A‖`` (or 1) instead."""
+    if K is not None:
+        b, N = K.shape[0], K.shape[-1]
+        dtype, device = K.dtype, K.device
+        hs = K[:, :n_primal, :n_primal].abs().flatten(1).amax(-1)
+        as_ = (K[:, n_primal:, :n_primal].abs().flatten(1).amax(-1) if n_primal < N
+               else torch.zeros_like(hs))
+    else:
+        i = torch.arange(n_primal, dtype=dtype, device=device)
+        sgn = torch.where(torch.sin(1.0 + 2.399963 * i) >= 0, 1.0, -1.0).to(dtype)
+        s = torch.zeros(b, N, dtype=dtype, device=device)
+        s[:, :n_primal] = sgn
+        Ks = matvec(s).detach()
+        hs = Ks[:, :n_primal].abs().amax(-1)
+        as_ = Ks[:, n_primal:].abs().amax(-1) if n_primal < N else torch.zeros_like(hs)
+    good = torch.isfinite(hs) & torch.isfinite(as_)
+    hs = torch.where(good, hs, torch.ones_like(hs))
+    as_ = torch.where(good, as_, torch.zeros_like(as_))
+    h_eff = torch.where(hs > 0, hs, torch.where(as_ > 0, as_, torch.ones_like(hs)))
+    a_eff = torch.where(as_ > 0, as_, h_eff)
+    r = proximal_rel(dtype)
+    d = torch.empty(b, N, dtype=dtype, device=device)
+    d[:, :n_primal] = (r * h_eff).unsqueeze(-1)
+    d[:, n_primal:] = (-r * a_eff * a_eff / h_eff).unsqueeze(-1)
+    return d
+
+
 # On CPU the P products are evaluated in chunks of about this many elements (chunk·b·N, 1 MiB in
 # float64): every op of the double backward then works on cache-resident temporaries instead of
 # streaming (P, b, N) tensors through memory. Measured at b = 16 (bench/nodes): the Hessian build
@@ -112,7 +155,7 @@ batched_hessian = batched_jacobian  # K = D_z(∇_z ℒ): (b, N, N)
 
 
 def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_iter=None,
-                 singular=None, proximal_delta=1e-6, n_primal=None, spd=True,
+                 singular=None, proximal_delta=None, n_primal=None, spd=True,
                  on_degenerate="warn", residual_tol=None, create_graph=False, matrix_name=None,
                  known_degenerate=None, expected_singular=None, params=()):
     """Pull ``v`` back through the solution ``z*`` of ``∇_z ℒ(x, z) = 0``.
@@ -136,6 +179,10 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
             ``"proximal"`` (``K + δI`` on the primal block and ``− δI`` on the multiplier block,
             ``δ = proximal_delta``: ``[[H + δI, −Aᵀ], [−A, −δI]]`` is nonsingular also for
             rank-deficient ``A``, which a primal shift alone leaves singular).
+        proximal_delta: a number: that absolute δ on both blocks. None (default): relative to the
+            problem's scale, ``r‖H‖`` on the primal block and ``r‖A‖²/‖H‖`` on the multiplier
+            block, ``r = max(1e-6, 0.3√eps)`` (1e-6 in float64, 1e-4 in float32: with 1e-6 there
+            cond(H + δI) ~ 10⁶ was above float32's singular threshold), see :func:`proximal_shift`.
         n_primal: size of ``y`` within ``z`` (default N).
         spd: whether ``K`` should be positive definite (True for an unconstrained minimum): an
             indefinite ``K`` is then reported.
@@ -217,15 +264,23 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
             raise DDNError(f"the objective/Lagrangian must return shape (batch,) = ({b},), got {tuple(L.shape)}")
         (g,) = torch.autograd.grad(L.sum(), z, create_graph=True)  # F = ∇_z ℒ, (b, N)
         info["residual"] = g.detach().norm(dim=-1)
-        delta = proximal_delta if singular == "proximal" else 0.0
         pdiag = None
-        if delta:
+        if singular == "proximal" and proximal_delta is not None:
+            delta = float(proximal_delta)
+            if not delta > 0:
+                raise DDNError(f"proximal_delta must be > 0 (or None: relative to ‖H‖), got {proximal_delta!r}")
             pdiag = torch.zeros(N, dtype=dtype, device=z.device)
             pdiag[:n_primal] = delta
             pdiag[n_primal:] = -delta  # regularised KKT: nonsingular for rank-deficient A too
 
+        def K_raw(u):  # K u without the shift
+            (Ku,) = torch.autograd.grad(g, z, grad_outputs=u, retain_graph=True, allow_unused=True)
+            return torch.zeros_like(u) if Ku is None else Ku
+
         if linear_solver == "dense":
             K = batched_hessian(g, z, create_graph=create_graph)  # K = ∇²_zz ℒ  (H, or KKT)
+            if singular == "proximal" and proximal_delta is None:
+                pdiag = proximal_shift(K.detach(), None, n_primal)
             if pdiag is not None:
                 K = K + torch.diag_embed(pdiag).expand(b, N, N)
             w, sinfo = _linalg.solve_dense(K, v, singular=singular,
@@ -252,6 +307,8 @@ def implicit_vjp(lagrangian, xs, z, v, *, linear_solver="dense", tol=None, max_i
                        "stationary point is intended.", on_degenerate)
         else:
             sc_v = sc_w = None  # norms of the system solved, when it was scaled
+            if singular == "proximal" and proximal_delta is None:
+                pdiag = proximal_shift(None, K_raw, n_primal, b=b, N=N, dtype=dtype, device=z.device)
 
             def matvec(u):  # K u, a Hessian–vector product; K never formed
                 (Ku,) = torch.autograd.grad(g, z, grad_outputs=u, retain_graph=True,

@@ -132,6 +132,10 @@ class DeclarativeNode:
             solves the regularised KKT matrix ``[[H + δI, −Aᵀ], [−A, −δI]]`` with least-norm
             multipliers: nonsingular also where the active constraints are rank-deficient (the
             primal block alone cannot mend a dependent ``A``), an O(δ) bias as for ``H + δI``.
+            None (default): relative to the problem's scale, ``δ = r‖H‖`` (``r‖A‖²/‖H‖`` on the
+            multiplier block), ``r = max(1e-6, 0.3√eps)``: 1e-6 in float64, 1e-4 in float32 (an
+            absolute 1e-6 left cond(H + δI) ~ 10⁶ there, above float32's singular threshold, and
+            was lost next to ‖H‖ = 10³: NaN gradient). A number is that absolute δ.
         on_degenerate: ``"warn"`` (DDNWarning) or ``"error"`` (DDNError).
         residual_tol: the gradient is reported where the optimality residual ‖∇ℒ‖ exceeds
             ``residual_tol · s`` (1e-6 / 1e-3 by dtype), ``s = ‖K (1 + |z|)‖_∞`` the size of
@@ -149,7 +153,7 @@ class DeclarativeNode:
     constrained = False
 
     def __init__(self, output_shape=None, *, linear_solver="dense", tol=None, max_iter=None,
-                 singular=None, proximal_delta=1e-6, on_degenerate="warn", residual_tol=None,
+                 singular=None, proximal_delta=None, on_degenerate="warn", residual_tol=None,
                  active_tol=None, solver_tol=None, solver_max_iter=100):
         if linear_solver not in _ALL_SOLVERS:
             raise DDNError(f"linear_solver={linear_solver!r}: choose one of {_ALL_SOLVERS}")

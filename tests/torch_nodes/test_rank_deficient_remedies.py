@@ -96,7 +96,9 @@ def test_proximal_is_right_for_rank_deficient_constraints(cls, ls, dtype):
         y = DeclarativeLayer(cls(singular="proximal", linear_solver=ls))(xx)
         y.backward(v)
     err = (xx.grad.double() - gref).norm(dim=-1) / gref.norm(dim=-1)
-    assert float(err.max()) < 1e-5  # O(δ) = 1e-6 bias; the dense solve was wrong by 0.66
+    # O(δ/‖H‖) bias: 1e-6 in float64, 1e-4 in float32 (where 1e-6 is near the singular threshold);
+    # the dense solve was wrong by 0.66
+    assert float(err.max()) < (1e-5 if dtype == torch.float64 else 1e-3)
 
 
 def test_without_a_remedy_rank_deficiency_is_reported():
