@@ -206,6 +206,18 @@ def constrained_solve(node, x):
     # SLSQP's linearized constraints are singular where the constraint Jacobian is rank
     # deficient, and the default initial guess (zeros) is often such a point (∇‖y‖² = 0 at y = 0)
     res, y, viol = _attempt_with_retry(attempt, y0, node.feas_tol)
+    if not viol <= node.feas_tol and p > 1:
+        # linearly dependent equality constraints (a row repeated or scaled, consistent) make
+        # SLSQP's LSQ subproblem singular ('Singular matrix C'): it stopped at once and a
+        # feasible problem was reported as 'no feasible point', even with nonregular='drop'.
+        # Hand it a maximal independent set of rows (at y0); the answer is checked on all.
+        keep = _independent_equalities(node, x, y0, p)
+        if keep is not None:
+            cons[0] = {"type": "eq", "fun": (lambda u: node._eq(x, u)[keep]),
+                       "jac": jacobian(lambda u: node._eq(x, u)[keep])}
+            res2, y2, viol2 = _attempt_with_retry(attempt, y0, node.feas_tol)
+            if not viol2 >= viol:
+                res, y, viol = res2, y2, viol2
     if not viol <= node.feas_tol:
         raise DDNError(
             f"{type(node).__name__}.solve: no feasible point found (max constraint violation "
@@ -241,6 +253,24 @@ def constrained_solve(node, x):
             if not kkt["residual"] <= kkt["tol"]:
                 y, res, kkt = better(y, "SLSQP", s_slsqp, y, res, kkt)
     return _finish(node, x, y, res.message)
+
+
+def _independent_equalities(node, x, y0, p):
+    """Indices of a maximal set of linearly independent rows of D_Y h at y0 (or at the perturbed
+    start where D_Y h(y0) = 0), or None when the rows are independent or D_Y h is not usable."""
+    from ._linalg import independent_rows
+    try:
+        for y in (y0, _perturbed(y0)):  # D_Y h = 0 at y0 (‖y‖² = 1 at 0): the second start
+            A = np.asarray(quiet(jacobian(lambda u: node._eq(x, u)), y), dtype=float)
+            A = A.reshape(p, -1)
+            if np.any(A):
+                break
+        if not np.all(np.isfinite(A)) or not np.any(A):
+            return None
+        keep = independent_rows(A)
+    except (TypeError, ValueError, ArithmeticError, DDNError, np.linalg.LinAlgError):
+        return None
+    return keep if 0 < keep.size < p else None
 
 
 def _attempt_with_retry(attempt, y0, feas_tol):
