@@ -218,6 +218,14 @@ def constrained_solve(node, x):
             res2, y2, viol2 = _attempt_with_retry(attempt, y0, node.feas_tol)
             if not viol2 >= viol:
                 res, y, viol = res2, y2, viol2
+    if not viol <= node.feas_tol and np.isfinite(viol) and np.all(np.isfinite(y)):
+        # SLSQP can stop a few hundred ulps outside a constraint ×1e9 ('Positive directional
+        # derivative'), above the rounding allowance: the KKT polish (Newton, the constraints
+        # linearized) takes such a point onto the surface
+        y_p = polish_kkt(node, x, y, scale=s)
+        viol_p = node.violation(x, y_p)
+        if viol_p < viol:
+            y, viol = y_p, viol_p
     if not viol <= node.feas_tol:
         raise DDNError(
             f"{type(node).__name__}.solve: no feasible point found (max constraint violation "

@@ -207,3 +207,10 @@ def test_shortcut_gradient_names_a_y_that_is_not_stationary():
     np.testing.assert_allclose(g, upper_gradient(node.objective, node, x), atol=1e-12)
     with pytest.warns(DDNWarning, match="not a stationary point"):
         shortcut_gradient(node, x, np.array([5.0, 5.0]))
+
+
+def test_ball_constraint_times_1e9_passes_its_gradient_check():
+    # at x ± δ SLSQP stopped ~150 ulps outside g = 1e9(‖y‖² − 1) ('Positive directional
+    # derivative for linesearch'), above the rounding allowance: 'no feasible point found'
+    rep = check_gradient(_ball(1e9)(3, 3), X3)
+    assert rep.ok and rep.max_rel_error < 1e-8, rep
