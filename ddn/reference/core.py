@@ -682,7 +682,7 @@ class EqConstrainedNode(DeclarativeNode):
             self._check_given_multipliers(x, y, kkt, solver_res)
         lam_all, active = kkt["multipliers"], list(kkt["active"])
         self._check_vanishing_gradients(x, y, active, kkt["grad_f"])
-        lam_tol = self._active_tol(solver_res) * (1 + np.max(np.abs(kkt["grad_f"])))
+        lam_tol = self._active_tol(solver_res) * self._gradient_scale(x, y, kkt["grad_f"], active)
         if active:  # λ_i is judged by its term λ_i D_Y g_i in stationarity, ‖·‖ vs D_Y f's size
             gn = np.linalg.norm(self.active_jacobian(x, y, active)[p:], axis=1)
             ok = np.isfinite(gn) & (gn > 0)
@@ -702,6 +702,21 @@ class EqConstrainedNode(DeclarativeNode):
             rule=self.rule, messages=messages, **self._pullbacks(x, y, lam, active))
 
     weakly_active = "constrained"
+
+    def _gradient_scale(self, x, y, grad_f, active):
+        """The size D_Y f has near y, max(‖D_Y f‖∞, max|D²_YY f|·max(1, ‖y‖∞)): what an active
+        multiplier's term λ_i D_Y g_i is compared with. (1 + ‖D_Y f‖∞ made it absolute: with the
+        objective ×1e-9 the ball projection's λ ~ 4e-10 was called 'weakly active'.) With no
+        active inequality, or a matrix-free H, 1 + ‖D_Y f‖∞ as before."""
+        g = float(np.max(np.abs(grad_f), initial=0.0))
+        if not active or self.linear_solver != "dense":
+            return 1.0 + g
+        try:
+            Hf = self.lagrangian_hessian(x, y, np.zeros(0), ())  # D²_YY f
+        except (TypeError, ValueError, ArithmeticError, DDNError):
+            return 1.0 + g
+        s = max(g, float(np.max(np.abs(Hf), initial=0.0)) * max(1.0, float(np.max(np.abs(y)))))
+        return s if np.isfinite(s) else 1.0 + g
 
     def _hessian_terms(self, x, y, H, lam):
         """(H, s): s = max(‖H‖₂, ‖D²_YY f‖₂, ‖Σλ_i D²_YY h̃_i‖₂), the size of the terms that
@@ -832,10 +847,11 @@ class EqConstrainedNode(DeclarativeNode):
         lam_tol, a scalar or one tolerance per inequality) means weakly active, a one-sided
         gradient. Warns (DDNWarning) about both and returns (weakly active indices, messages).
 
-        ``optimality`` gives λ_i the tolerance (active tol)·(1 + ‖D_Y f‖∞) / ‖D_Y g_i‖: λ_i is
-        small when its term λ_i D_Y g_i in D_Y f = λᵀA is, whatever g_i's scale (a ball
-        constraint ×1e8 has λ ~ 1e-9: against the bare tolerance it was 'weakly active', and
-        weakly_active='unconstrained' dropped it, Dy = I instead of the sphere's)."""
+        ``optimality`` gives λ_i the tolerance (active tol)·s_f / ‖D_Y g_i‖ (s_f the size of D_Y f,
+        ``_gradient_scale``): λ_i is small when its term λ_i D_Y g_i in D_Y f = λᵀA is, whatever
+        the scale of f or g_i (a ball constraint ×1e8, or the objective ×1e-9, has λ ~ 1e-9:
+        against the bare tolerance it was 'weakly active', and weakly_active='unconstrained'
+        dropped it, Dy = I instead of the sphere's)."""
         lam_tol = np.broadcast_to(np.asarray(lam_tol, dtype=float), lam_in.shape)
         wrong = [int(i) for i in active if lam_in[i] > lam_tol[i]]
         weak = [int(i) for i in active if abs(lam_in[i]) <= lam_tol[i]]

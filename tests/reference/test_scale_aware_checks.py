@@ -214,3 +214,26 @@ def test_ball_constraint_times_1e9_passes_its_gradient_check():
     # derivative for linesearch'), above the rounding allowance: 'no feasible point found'
     rep = check_gradient(_ball(1e9)(3, 3), X3)
     assert rep.ok and rep.max_rel_error < 1e-8, rep
+
+
+def _ball_f(c):
+    class BallScaledObjective(IneqConstrainedNode):  # c‖y − x‖² on the unit ball
+        def objective(self, x, y):
+            return c * anp.sum((y - x) ** 2)
+
+        def inequality_constraints(self, x, y):
+            return anp.sum(y ** 2) - 1
+    return BallScaledObjective
+
+
+@pytest.mark.parametrize("c", [1e-9, 1e-6, 1.0, 1e9])
+def test_ball_projection_with_scaled_objective_is_strongly_active(c):
+    # the multiplier tolerance was (active tol)·(1 + ‖D_Y f‖∞), absolute for a small f: with
+    # the objective ×1e-9, λ ~ 4e-10 was 'weakly active' and 'unconstrained' gave Dy = I
+    node = _ball_f(c)(3, 3, weakly_active="unconstrained")
+    y, ctx = node.solve(X3)
+    J = _quiet(lambda: node.jacobian(X3, y, ctx))
+    u = X3 / np.linalg.norm(X3)
+    np.testing.assert_allclose(J, (np.eye(3) - np.outer(u, u)) / np.linalg.norm(X3), atol=1e-9)
+    with pytest.warns(DDNWarning, match="weakly active"):  # x on the sphere: still named
+        _ball_f(c)(3, 3).jacobian(u, u)
