@@ -746,12 +746,22 @@ class EqConstrainedNode(DeclarativeNode):
     def _check_given_multipliers(self, x, y, kkt, solver_res):
         """ctx["multipliers"] that break stationarity (D_Y f ≠ λᵀA) where the least-squares ones
         (Eq. 32) satisfy it: a wrong sign convention or a stale λ would give a silently wrong H,
-        so say so. (Where neither satisfies it, e.g. at a non-smooth constraint, stay quiet.)"""
-        tol = 1e-6 * (1.0 + float(np.max(np.abs(kkt["multipliers"]), initial=0.0)))
-        if kkt["residual"] <= tol:
+        so say so. (Where neither satisfies it, e.g. at a non-smooth constraint, stay quiet.)
+
+        Stationarity is judged against the size of its terms, max(‖D_Y f‖∞, ‖|A|ᵀ|λ|‖∞), so
+        that it does not depend on the scale of f: against 1e-6·(1 + |λ|) the negated λ of an
+        objective ×1e-6 passed and Dy was silently wrong."""
+        def fits(k):
+            A = self.active_jacobian(x, y, k["active"])
+            terms = np.abs(A.T) @ np.abs(k["lam_active"]) if A.size else np.zeros(0)
+            size = max(float(np.max(np.abs(k["grad_f"]), initial=0.0)),
+                       float(np.max(terms, initial=0.0)))
+            return k["stationarity"] <= 1e-6 * size
+
+        if fits(kkt):
             return
         ls = self.kkt_residual(x, y, None, solver_res)
-        if ls["residual"] <= 1e-6 * (1.0 + float(np.max(np.abs(ls["multipliers"]), initial=0.0))):
+        if fits(ls):
             warnings.warn(
                 f"{type(self).__name__}: ctx['multipliers'] do not satisfy stationarity D_Y f = "
                 f"λᵀA (KKT residual {kkt['residual']:.2e}; the least-squares λ of Eq. 32 gives "

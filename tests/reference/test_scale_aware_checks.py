@@ -237,3 +237,23 @@ def test_ball_projection_with_scaled_objective_is_strongly_active(c):
     np.testing.assert_allclose(J, (np.eye(3) - np.outer(u, u)) / np.linalg.norm(X3), atol=1e-9)
     with pytest.warns(DDNWarning, match="weakly active"):  # x on the sphere: still named
         _ball_f(c)(3, 3).jacobian(u, u)
+
+
+@pytest.mark.parametrize("c", [1e-9, 1e-6, 1.0, 1e9])
+def test_multipliers_of_the_wrong_sign_are_named_for_a_scaled_objective(c):
+    # ctx['multipliers'] were checked against 1e-6·(1 + |λ|), absolute for a small objective:
+    # the negated λ of f ×1e-6 passed and Dy was off by 6e-3 without a word
+    class MovingSphereScaled(EqConstrainedNode):
+        def objective(self, x, y):
+            return c * (anp.sum((y - x) ** 2) + 0.3 * y[0] * y[1])
+
+        def equality_constraints(self, x, y):
+            return anp.sum(y ** 2) - 1 - x[0] ** 2
+
+    node = MovingSphereScaled(3, 3)
+    x = np.array([0.3, -0.5, 0.8])
+    y, ctx = node.solve(x)
+    J = _quiet(lambda: node.jacobian(x, y, ctx))  # the solver's own λ: quiet
+    with pytest.warns(DDNWarning, match="sign convention"):
+        J_bad = node.jacobian(x, y, {"multipliers": -ctx["multipliers"]})
+    assert np.abs(J_bad - J).max() > 1e-3
