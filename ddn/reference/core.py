@@ -554,7 +554,10 @@ class DeclarativeNode:
         return self._jacobian_rule(self._checked_optimality(x, y, ctx))
 
     # Unconstrained nodes: D_Y f(x, y) = 0 must hold at the y given to the backward pass, else
-    # −H⁻¹B is not the gradient of y (same threshold as ddn.torch and ddn.check). Constrained
+    # −H⁻¹B is not the gradient of y. The threshold is residual_tol·min(1, s), s = ‖|H|(1 + |y|)‖∞
+    # the size of D_Y f's terms (as ddn.torch measures it): residual_tol for objectives of
+    # ordinary size, proportionally less for a small one (with f ×1e-9 a y 0.1 from the
+    # stationary point has ‖D_Y f‖ = 1e-10 and passed the bare 1e-6). Constrained
     # nodes are not checked here: at non-smooth constraints (Lp spheres, p = 1, ∞) the smooth KKT
     # residual is legitimately large; ddn.check reports it. A residual at the rounding level of
     # the first-order conditions (Optimality.residual_floor) is accepted too.
@@ -562,7 +565,10 @@ class DeclarativeNode:
 
     def _checked_optimality(self, x, y, ctx):
         opt = self.optimality(x, y, ctx)
-        tol = max(self.residual_tol, opt.residual_floor)
+        size = 1.0
+        if isinstance(opt.H, np.ndarray) and opt.H.size and np.all(np.isfinite(opt.H)):
+            size = min(1.0, float(np.max(np.abs(opt.H) @ (1.0 + np.abs(opt.y)))))
+        tol = max(self.residual_tol * size, opt.residual_floor)
         if not isinstance(self, EqConstrainedNode) and not opt.residual <= tol:
             warnings.warn(
                 f"{type(self).__name__}: ‖D_Y f(x, y)‖∞ = {opt.residual:.2e} > residual_tol = "

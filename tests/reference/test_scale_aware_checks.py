@@ -257,3 +257,37 @@ def test_multipliers_of_the_wrong_sign_are_named_for_a_scaled_objective(c):
     with pytest.warns(DDNWarning, match="sign convention"):
         J_bad = node.jacobian(x, y, {"multipliers": -ctx["multipliers"]})
     assert np.abs(J_bad - J).max() > 1e-3
+
+
+def _exp_node(c):
+    class ExpScaled(DeclarativeNode):  # c·Σ(eʸ − xy): y = log x, Dy = diag(1/x)
+        def objective(self, x, y):
+            return c * anp.sum(anp.exp(y) - x * y)
+    return ExpScaled
+
+
+@pytest.mark.parametrize("c", [1e-12, 1e-9, 1e-6, 1.0, 1e6])
+def test_default_newton_solver_is_scale_invariant(c):
+    # it stopped at ‖∇f‖∞ ≤ tol·(1 + ‖∇f(y0)‖∞), absolute for a small objective: f ×1e-12 came
+    # back as y0 = 0 (1.1 off), f ×1e-9 3.5e-3 off, without a word
+    x = np.array([0.5, 3.0])
+    node = _exp_node(c)(2, 2)
+    y, ctx = node.solve(x)
+    np.testing.assert_allclose(y, np.log(x), atol=1e-14)
+    np.testing.assert_allclose(_quiet(lambda: node.jacobian(x, y, ctx)), np.diag(1 / x),
+                               rtol=1e-10)
+
+
+@pytest.mark.parametrize("c", [1e-9, 1e-6, 1.0, 1e9])
+def test_y_that_is_not_stationary_is_named_for_a_scaled_objective(c):
+    # residual_tol = 1e-6 was absolute: with f ×1e-9 a y 0.1 from the stationary point
+    # (‖D_Y f‖ = 1e-10) got −H⁻¹B without a word
+    class Shifted(DeclarativeNode):
+        def objective(self, x, y):
+            return c * anp.sum(0.5 * y ** 2 - x * y)
+
+        def solve(self, x):
+            return x + 0.1, {}
+
+    with pytest.warns(DDNWarning, match="not a stationary point"):
+        Shifted(2, 2).jacobian(np.ones(2))
