@@ -291,3 +291,11 @@ def test_y_that_is_not_stationary_is_named_for_a_scaled_objective(c):
 
     with pytest.warns(DDNWarning, match="not a stationary point"):
         Shifted(2, 2).jacobian(np.ones(2))
+
+
+@pytest.mark.parametrize("c", [1e-14, 1e-12, 1.0])
+def test_trust_constr_on_a_tiny_objective_finds_the_projection(c):
+    # its answer was accepted against tol·(1 + ‖D_Y f‖∞), absolute for f ×1e-12: the ball
+    # projection came back 0.56 off (×1e-14: y0 = 0 itself), without a word
+    y, _ = _ball_f(c)(3, 3, method="trust-constr").solve(X3)
+    np.testing.assert_allclose(y, X3 / np.linalg.norm(X3), atol=1e-12)
