@@ -242,7 +242,9 @@ def cor_4_7_jacobian(H, a, B, *, singular="error", proximal_delta=1e-6):
     Hs = HessianSolve(H, singular, proximal_delta)
     Hia, HiB = Hs.solve(a), Hs.solve(B)  # H⁻¹a, H⁻¹B
     aHia = float(a @ Hia)
-    if abs(aHia) <= 1e-12 * max(1.0, float(np.abs(a) @ np.abs(Hia))):
+    # 0 relative to its terms (a cancellation, or a = 0); not against max(1, ·): that refused
+    # the unit sphere written ×1e-9 next to an O(1) objective (aᵀH⁻¹a ~ 1e-18)
+    if abs(aHia) <= 1e-12 * float(np.abs(a) @ np.abs(Hia)):
         raise DDNError("aᵀH⁻¹a = 0 in Cor. 4.7: D_Y h = 0 at y (is the constraint a sum of "
                        "squares?) or H is singular on its normal; keep the constraints separate.")
     return np.outer(Hia, a @ HiB) / aHia - HiB

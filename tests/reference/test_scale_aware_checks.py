@@ -299,3 +299,27 @@ def test_trust_constr_on_a_tiny_objective_finds_the_projection(c):
     # projection came back 0.56 off (×1e-14: y0 = 0 itself), without a word
     y, _ = _ball_f(c)(3, 3, method="trust-constr").solve(X3)
     np.testing.assert_allclose(y, X3 / np.linalg.norm(X3), atol=1e-12)
+
+
+@pytest.mark.parametrize("c_h, c_f", [(1e-12, 1.0), (1e-9, 1.0), (1e-6, 1e9), (1.0, 1.0)])
+def test_cor_4_7_with_a_small_constraint_next_to_a_large_objective(c_h, c_f):
+    # aᵀH⁻¹a was compared with 1e-12·max(1, Σ|terms|), absolute: the unit sphere written ×1e-9
+    # next to an O(1) objective (aᵀH⁻¹a ~ 1e-18) raised 'aᵀH⁻¹a = 0 … sum of squares?'
+    class Sphere(FixedEqConstrainedNode):
+        def objective(self, x, y):
+            return c_f * anp.sum((y - x) ** 2)
+
+        def constraint(self, y):
+            return c_h * (anp.sum(y ** 2) - 1)
+
+    u = X3 / np.linalg.norm(X3)
+    J = _quiet(lambda: Sphere(3, 3).jacobian(X3, u))
+    np.testing.assert_allclose(J, (np.eye(3) - np.outer(u, u)) / np.linalg.norm(X3), atol=1e-12)
+
+
+def test_cor_4_7_still_refuses_a_zero_constraint_gradient():
+    from ddn.reference import cor_4_7_jacobian
+    with pytest.raises(DDNError, match="aᵀH⁻¹a = 0"):
+        cor_4_7_jacobian(np.eye(2), np.zeros(2), np.eye(2))
+    with pytest.raises(DDNError, match="aᵀH⁻¹a = 0"):  # H⁻¹ cancels on a: aᵀH⁻¹a = 1 − 1
+        cor_4_7_jacobian(np.diag([1.0, -1.0]), np.ones(2), np.eye(2))
