@@ -597,7 +597,7 @@ class DeclarativeNode:
             A = self.active_jacobian(opt.x, opt.y, sorted(opt.active + weak))
         if A is not None and A.shape[0]:
             _, sv, Vt = np.linalg.svd(A)
-            r = int(np.sum(sv > 1e-10 * max(1.0, sv.max())))
+            r = int(np.sum(sv > 1e-10 * sv.max()))  # relative: A ×1e-12 still has rank 1
             Z = Vt[r:].T
             if Z.shape[1] == 0:
                 return

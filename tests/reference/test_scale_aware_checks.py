@@ -323,3 +323,20 @@ def test_cor_4_7_still_refuses_a_zero_constraint_gradient():
         cor_4_7_jacobian(np.eye(2), np.zeros(2), np.eye(2))
     with pytest.raises(DDNError, match="aᵀH⁻¹a = 0"):  # H⁻¹ cancels on a: aᵀH⁻¹a = 1 − 1
         cor_4_7_jacobian(np.diag([1.0, -1.0]), np.ones(2), np.eye(2))
+
+
+@pytest.mark.parametrize("c", [1e-12, 1.0, 1e9])
+def test_tangent_space_of_a_small_constraint(c):
+    # the tangent space Z came from the singular values of A above 1e-10·max(1, σ_max): a plane
+    # written ×1e-12 had 'rank 0', so H was tested on all of R³ and a minimum on the plane
+    # (H = diag(2, 2, −6), ⪰ 0 along it) was called 'not a minimum'
+    class OnPlane(EqConstrainedNode):
+        def objective(self, x, y):
+            return y[0] ** 2 + y[1] ** 2 - 3 * y[2] ** 2 - x[0] * y[0] - x[1] * y[1]
+
+        def equality_constraints(self, x, y):
+            return c * (y[2] - x[2])
+
+    x = np.array([0.4, -0.2, 0.7])
+    J = _quiet(lambda: OnPlane(3, 3).jacobian(x, np.array([0.2, -0.1, 0.7])))
+    np.testing.assert_allclose(J, np.diag([0.5, 0.5, 1.0]), atol=1e-12)
