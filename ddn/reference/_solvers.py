@@ -97,7 +97,7 @@ def newton_solve(node, x):
             break
         H = quiet(Hf, y).reshape(node.m, node.m)
         H = 0.5 * (H + H.T)
-        d, tau = _descent_direction(H, gy)
+        d, tau = _descent_direction(H, gy, s0)
         at_rounding = tau == 0.0 and np.max(np.abs(d)) <= 4 * np.finfo(float).eps * (
             1.0 + np.max(np.abs(y)))
         if np.max(np.abs(gy)) <= gtol or at_rounding:
@@ -130,11 +130,14 @@ def newton_solve(node, x):
         "or override solve(x).")
 
 
-def _descent_direction(H, g):
+def _descent_direction(H, g, floor=1.0):
     """(d, τ): d = −(H + τI)⁻¹ g with the smallest τ in {0, 1e-8·s, 1e-6·s, …} making H + τI
-    positive definite (s = max(1, ‖H‖)); τ = inf and d = −g when none does."""
+    positive definite (s = max(floor, ‖H‖), floor the size of the objective capped at 1: with
+    max(1, ‖H‖) a non-convex objective ×1e-12 took steps 1e-8 of Newton's from an indefinite
+    start and did not converge); τ = inf and d = −g when none does."""
     m = H.shape[0]
-    s = max(1.0, float(np.max(np.abs(H))))
+    s = max(floor, float(np.max(np.abs(H))))
+    s = s if 0 < s < np.inf else 1.0
     for tau in (0.0, *(s * 10.0 ** k for k in range(-8, 4))):
         try:
             L = np.linalg.cholesky(H + tau * np.eye(m))

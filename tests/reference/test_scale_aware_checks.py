@@ -340,3 +340,20 @@ def test_tangent_space_of_a_small_constraint(c):
     x = np.array([0.4, -0.2, 0.7])
     J = _quiet(lambda: OnPlane(3, 3).jacobian(x, np.array([0.2, -0.1, 0.7])))
     np.testing.assert_allclose(J, np.diag([0.5, 0.5, 1.0]), atol=1e-12)
+
+
+@pytest.mark.parametrize("c", [1.0, 1e-9, 1e-12, 1e-15])
+def test_default_newton_solver_on_a_small_nonconvex_objective(c):
+    # from an indefinite start the damping τ was ≥ 1e-8·max(1, ‖H‖): for f ×1e-12 the steps
+    # were 1e-4 of Newton's and 'Newton did not converge in 100 iterations'
+    class DoubleWell(DeclarativeNode):
+        def objective(self, x, y):
+            return c * anp.sum(0.25 * y ** 4 - 0.5 * y ** 2 - x * y)
+
+        def initial_guess(self, x):
+            return np.full(2, 0.1)
+
+    x = np.array([0.1, -0.2])
+    y, ctx = DoubleWell(2, 2).solve(x)
+    np.testing.assert_allclose(y, [1.0466805318046024, -1.0880339146912894], rtol=1e-12)
+    assert ctx["iterations"] <= 10
