@@ -504,7 +504,12 @@ class DeclarativeNode:
         G = np.asarray(G, dtype=float).reshape(g.size, y.size)[near]
         scale = np.linalg.norm(G, axis=1)
         scale = np.where(np.isfinite(scale), scale, 1.0)
-        return [int(i) for i, s in zip(near, scale) if g[i] >= -tol * s]
+        # plus the rounding level of g_i at y (eps × the size of its terms): on the ball of
+        # radius 1e9 the exact projection has |g| ~ 2e-7, a distance above tol, and counted as
+        # inactive (Dy = I, 'optimality residual 8.7e8')
+        rnd = 100 * np.finfo(float).eps * (np.abs(G) @ np.maximum(1.0, np.abs(y)))
+        rnd = np.where(np.isfinite(rnd), rnd, 0.0)
+        return [int(i) for i, s, r in zip(near, scale, rnd) if g[i] >= -(tol * s + r)]
 
     def kkt_residual(self, x, y, multipliers=None, solver_residual=0.0):
         """KKT residual at (x, y): max of |D_Y f − Aᵀλ|, |h|, max(g, 0) and |g_i| on the active set
@@ -782,7 +787,7 @@ class EqConstrainedNode(DeclarativeNode):
         would return an absurd multiplier. Refused unless a non-regular remedy was chosen.
 
         "Vanishes" is judged on the constraint's own scale, |D_Y h_i| ≤ 1e-8·|D²_YY h_i|·
-        max(1, |y|) (a square q² has D_Y = 2q D_Y q → 0 while D²_YY ≈ 2 D_Y q D_Y qᵀ does not),
+        ‖y‖∞ (a square q² has D_Y = 2q D_Y q → 0 while D²_YY ≈ 2 D_Y q D_Y qᵀ does not),
         so it does not depend on how f or h_i is scaled. (Against 1e-8·(1 + |D_Y f|) the unit
         sphere was refused for f ×1e9 and for h ×1e-9.)"""
         if self.nonregular != "error":
@@ -796,7 +801,9 @@ class EqConstrainedNode(DeclarativeNode):
             curv = np.max(np.abs(np.asarray(D2, dtype=float).reshape(A.shape[0], -1)), axis=1)
         except (TypeError, ValueError, ArithmeticError, DDNError):
             curv = np.zeros(A.shape[0])
-        thr = 1e-8 * max(1.0, float(np.max(np.abs(y)))) * np.where(np.isfinite(curv), curv, 0.0)
+        # |D_Y h_i|/|D²_YY h_i| is a length (|q|/|D q| for a square q², |y| for a sphere): judged
+        # against 1e-8·‖y‖∞, not 1e-8·max(1, ‖y‖∞), which refused the sphere of radius 1e-9
+        thr = 1e-8 * float(np.max(np.abs(y))) * np.where(np.isfinite(curv), curv, 0.0)
         zero = np.flatnonzero(norms <= thr)
         if zero.size:
             raise DDNError(

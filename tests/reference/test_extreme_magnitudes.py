@@ -37,3 +37,42 @@ def test_unit_sphere_multiplier_of_a_huge_input_is_finite():
     x = np.array([3e200, 4e200])
     _, ctx = UnitSphereNode(2).solve(x)
     assert np.isfinite(ctx["multipliers"]).all()
+
+
+def test_ball_of_radius_1e9_projection_is_active():
+    # the exact projection onto ‖y‖ ≤ 1e9 has |g| ~ 2e-7 (eps × 1e9), a distance above the
+    # active tolerance 1e-8: it counted as inactive, Dy = I and 'optimality residual 8.7e8'
+    from ddn.check import check_gradient
+    from ddn.reference import BallProjectionNode
+    rng = np.random.default_rng(0)
+    node = BallProjectionNode(2, 1e9)
+    for _ in range(12):  # 4 of these 12 counted as inactive
+        x = rng.normal(size=4)
+        x *= 2e9 / np.linalg.norm(x)
+        assert node.optimality(x).active == [0]
+    rep = check_gradient(node, np.array([-6.16989866e+08, 4.16489155e+08, 1.50196157e+09,
+                                         1.09085825e+09]))
+    assert rep.ok, rep
+
+
+@pytest.mark.parametrize("radius", [1e-9, 1.0, 1e9])
+def test_generic_sphere_rule_at_any_radius(radius):
+    # |D_Y h| ≤ 1e-8·|D²_YY h|·max(1, ‖y‖∞) called the gradient of ‖y‖ − 1e-9 (|D h| = 1,
+    # |D² h| ~ 1e9) 'vanishing': a DDNError on the plain sphere of radius 1e-9
+    from ddn.reference import EqConstrainedNode
+    import autograd.numpy as anp
+
+    class Sphere(EqConstrainedNode):
+        def objective(self, x, y):
+            return 0.5 * anp.sum((y - x) ** 2)
+
+        def equality_constraints(self, x, y):
+            return anp.sqrt(anp.sum(y ** 2)) - radius
+
+    x = np.array([0.6, -0.3, 1.2]) * radius
+    u = x / np.linalg.norm(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        J = Sphere(3, 3).jacobian(x, radius * u)
+    np.testing.assert_allclose(J * np.linalg.norm(x) / radius, np.eye(3) - np.outer(u, u),
+                               atol=1e-9)
