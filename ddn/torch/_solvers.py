@@ -264,7 +264,8 @@ def newton_kkt(lagr, z0, *, tol, max_iter, differentiable=False, max_backtrack=3
                "stalled": stalled & ~conv, "singular_end": singular_end}
 
 
-def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40, rho0=10.0):
+def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40, rho0=10.0,
+                         polish_max_iter=20):
     """``min_y f(y)  s.t.  h(y) = 0, g(y) ≤ 0`` (each ``(b, ·)`` or None) by the method of multipliers:
 
         ℒ_ρ(y) = f − λ_hᵀh + ρ/2 ‖h‖² + 1/(2ρ) Σ (max(0, μ + ρ g)² − μ²),
@@ -274,7 +275,7 @@ def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40
     ``g > −active_tol``) to polish. Multipliers are returned in ddn's sign convention
     (``L = f − λᵀ[h; g]``, so active inequalities have ``λ ≤ 0``). Not differentiable (no unroll).
 
-    Returns ``(y, lam, active, info)``.
+    Returns ``(y, lam, active, info)``. ``polish_max_iter``: iterations of the final Newton-KKT.
     """
     y = y0.detach()
     b = y.shape[0]
@@ -335,7 +336,7 @@ def augmented_lagrangian(f, h, g, y0, *, tol, max_iter, active_tol, max_outer=40
         return f(yy) - (mask * lam * cons).sum(-1) - 0.5 * ((~mask) * lam * lam).sum(-1)
 
     lam0 = torch.cat([lam_h, -mu], -1) * mask
-    z, kinfo = newton_kkt(lagr, torch.cat([y, lam0], -1), tol=tol, max_iter=20,
+    z, kinfo = newton_kkt(lagr, torch.cat([y, lam0], -1), tol=tol, max_iter=polish_max_iter,
                           n_primal=y.shape[1])
     y_pol, lam_pol = z[:, :y.shape[1]], z[:, y.shape[1]:]
     # keep the polished point only where it is a valid KKT point of the original problem

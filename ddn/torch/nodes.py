@@ -97,6 +97,18 @@ def _nearly_dependent(A, c, mask, y, tol_y):
     return flag, move, kappa
 
 
+def _unit_row_cond(A):
+    """cond of ``A`` (b, P, m) with its rows scaled to unit norm (zero rows left out), no graph."""
+    with torch.no_grad():
+        Ad = A.detach().double()
+        rn = Ad.norm(dim=-1, keepdim=True)
+        S = torch.linalg.svdvals(Ad / torch.where(rn > 0, rn, torch.ones_like(rn)))
+        k = (rn.squeeze(-1) > 0).sum(-1).clamp_min(1)  # the number of nonzero rows
+        smin = S.gather(-1, (k.clamp_max(S.shape[-1]) - 1).unsqueeze(-1)).squeeze(-1)
+        return torch.where(smin > 0, S[:, 0] / torch.where(smin > 0, smin, torch.ones_like(smin)),
+                           torch.full_like(smin, float("inf")))
+
+
 def _report_nearly_dependent(flag, move, kappa, on_degenerate):
     report(f"the active constraints are nearly dependent (their gradients almost parallel: "
            f"cond(A) ≈ {float(kappa[flag].max()):.1e}, A = D_Y [h; g] with unit rows) and y does "
@@ -635,17 +647,29 @@ class EqConstrainedNode(DeclarativeNode):
                            f"{info['singular_end'].nonzero().flatten().tolist()}. Remedy: use "
                            "linear_solver='dense' with singular='pinv', or remove the redundant "
                            "constraints.")
-        if not differentiable and bool(info["stalled"].any()):
+        if not differentiable and bool((~conv).any()):
             # Local SQP stalled for some elements (its line search found no decrease), typically
             # from a KKT matrix that is singular at the initial guess (h = ‖y‖² − 1 at y = 0 has
-            # ∇h = 0). Retry those with the augmented Lagrangian, which needs no regular starting
-            # point, then polishes with Newton-KKT. (Elements that merely ran out of
-            # solver_max_iter are not retried: they are reported as not converged.)
+            # ∇h = 0), or crept along for solver_max_iter iterations: a small objective c·f next
+            # to O(1) constraints (c = 10⁻⁴ from a point on the sphere), whose line search on
+            # ‖∇ℒ‖ is ruled by the constraint block. Retry those with the augmented Lagrangian,
+            # which needs no regular starting point, then polishes with Newton-KKT.
             f, h, _ = self._flat_problem(xs, b, shape)
             y_al, lam_al, _, al_info = _solvers.augmented_lagrangian(
                 f, h, None, y0.reshape(b, m), tol=self._solver_tol(y0),
-                max_iter=self.solver_max_iter, active_tol=self._active_tol(y0))
-            use = info["stalled"] & al_info["converged"]
+                max_iter=self.solver_max_iter, active_tol=self._active_tol(y0),
+                max_outer=min(40, self.solver_max_iter),  # within the user's budget
+                polish_max_iter=min(20, self.solver_max_iter))
+            # An element that ran out of iterations (not stalled) takes the retry's answer only
+            # where the constraints are well conditioned, cond(A)·solver_tol ≤ residual_tol: on
+            # nearly dependent constraints a residual within tolerance leaves y up to cond(A)
+            # times further off (float32 'converged' 4e-2 from the answer at cond(A) ~ 10³).
+            tol_y = self.residual_tol if self.residual_tol is not None else default_tol(y0.dtype, 1e-6, 1e-3)
+            with torch.enable_grad():
+                ya = y_al.detach().requires_grad_(True)
+                Aa = batched_jacobian(_as_2d(self.equality_constraints(*xs, ya.reshape(b, *shape)), b), ya)
+            well = _unit_row_cond(Aa) * self._solver_tol(y0) <= tol_y
+            use = (info["stalled"] | well) & ~conv & al_info["converged"]
             z = torch.where(use.unsqueeze(-1), torch.cat([y_al, lam_al], -1), z)
             conv = conv | use
         ctx = {"multipliers": z[:, m:].detach(), "converged": conv}
