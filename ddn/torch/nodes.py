@@ -62,7 +62,7 @@ def _as_2d(c, b):
 # A near-dependency of the active constraints: a direction with σ_k < σ_max / _NEAR_KAPPA
 _NEAR_KAPPA = 100.0
 # constraint values along it below _NEAR_NOISE · eps · (1 + ‖y‖∞) are round-off (not evidence)
-_NEAR_NOISE = 10.0
+_NEAR_NOISE = 3.0
 
 
 def _nearly_dependent(A, c, mask, y, tol_y):
