@@ -469,6 +469,22 @@ class DeclarativeNode:
         if todo.any():
             _report_nearly_dependent(todo, move, kappa, self.on_degenerate)
         rank_def_named = rank_def & ~near
+        # Regular but ill-conditioned: the multipliers (and D²_YY L = D²f − Σλ_i D²c_i with them)
+        # lose about cond(Â)² · eps relative (Â: the active rows at unit norm); in float32 two
+        # constraints 0.1° apart (cond ~ 10³) gave a gradient 1% wrong at the exact y, silently
+        # (above loss 10³, cond(Â) ~ 10⁵ in float32 and 10⁹ in float64, the rows count as
+        # dependent to working precision: exactly dependent ones computed with their own round-off
+        # show 10⁶ and 10¹² there; the rank-deficient case, where the user's `singular` applies)
+        kap = _unit_row_cond(Am)
+        loss = kap * kap * _linalg.eps_of(yf.dtype)
+        illc = (loss > 1e-2) & (loss <= 1e3) & ~rank_def & ~near & finite
+        if illc.any():
+            report(f"the gradients of the active constraints are nearly parallel (cond(A) ≈ "
+                   f"{float(kap[illc].max()):.1e} with unit rows): the multipliers and the gradient "
+                   f"lose about cond(A)²·eps ≈ {float((kap[illc] ** 2).max()) * _linalg.eps_of(yf.dtype):.0e} "
+                   "relative accuracy in this dtype", illc,
+                   "Remedy: compute in float64 (torch.float64 inputs), or reformulate the "
+                   "constraints so that they are well separated.", self.on_degenerate)
         if rank_def_named.any() and sing is None:  # with singular="pinv"/"proximal" the remedy was chosen
             report("the gradients of the equality and active inequality constraints are linearly "
                    "dependent (rank-deficient, or too nearly dependent for this precision to tell; "

@@ -152,3 +152,23 @@ def test_float64_handles_the_same_constraints_silently():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         AtSolution().vjp(x, v=torch.ones_like(x))
+
+
+@pytest.mark.parametrize("eps", [1e-2, 3e-3])
+@pytest.mark.parametrize("singular", [None, "pinv"])
+def test_float32_gradient_with_nearly_parallel_constraints_at_the_exact_y_is_named(eps, singular):
+    """y exact (rounded to float32), cond(A) ~ 10³: the float32 gradient was 1e-2..1e-1 wrong and
+    nothing was said (the constraints are regular, below the rank-deficiency threshold)."""
+    class AtSolution(Near):
+        def solve(self, x):
+            return _on_circle(x.double()).to(x.dtype), {}
+
+    AtSolution.eps = eps
+    x = 2 * torch.randn(8, M, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always", DDNWarning)
+        AtSolution(singular=singular).vjp(x.float(), v=torch.ones(8, M))
+    assert any("nearly parallel" in str(w.message) and "float64" in str(w.message) for w in rec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float64 resolves it: silent
+        AtSolution(singular=singular).vjp(x, v=torch.ones(8, M, dtype=torch.float64))
