@@ -611,7 +611,9 @@ class EqConstrainedNode(DeclarativeNode):
     first-order conditions. Implement ``objective`` and ``equality_constraints(*xs, y) -> (b, p)``.
     The default solver is Newton on the KKT system (local SQP) from ``initial_guess`` and ``λ = 0``;
     elements where it stalls (e.g. ``∇h = 0`` at the initial guess, as for ``‖y‖² = 1`` at ``y = 0``)
-    are solved again by an augmented Lagrangian (not under ``linear_solver="unroll"``).
+    or runs out of ``solver_max_iter`` are solved again by an augmented Lagrangian (not under
+    ``linear_solver="unroll"``); the latter keep its answer only where the constraints are well
+    conditioned (``cond(A)·solver_tol ≤ residual_tol``, rows of ``A`` at unit norm).
     Multipliers: ``ctx["multipliers"]`` if the solver gives them (convention ``L = f − λᵀh``), else
     least squares ``λ = (AAᵀ)⁻¹ A ∇_Y f`` (Eq. 32). Nearly (not exactly) dependent constraints whose
     values at y leave y measurably far from the point they define (``‖h‖`` within tolerance, but
