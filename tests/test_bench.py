@@ -102,6 +102,7 @@ def test_node_readme_done_when_ratios_are_the_committed_measurements():
     readme = (ROOT / "bench" / "nodes" / "README.md").read_text()
     done = readme[readme.index("## Done when"):readme.index("## Why the 20×")]
     for name in ("results-cuda.json", "results-cuda-repeat.json", "results-cuda-h200.json",
+                 "results-cuda-h200-final.json",
                  "results.json",
                  "results-threads2.json"):
         s = json.loads((ROOT / "bench" / "nodes" / name).read_text())["summary"]
