@@ -11,6 +11,7 @@ import torch
 
 from ddn import DDNWarning
 from ddn.torch import DeclarativeNode, EqConstrainedNode, IneqConstrainedNode
+from sphere_problems import QuarticSphere
 
 
 class Nearest(EqConstrainedNode):
@@ -98,19 +99,9 @@ def test_minres_names_an_unconstrained_saddle():  # a guard: MINRES's vᵀKv < 0
         Ridge(linear_solver="minres").vjp(x, v=v)
 
 
-class ScaledSphere(EqConstrainedNode):
+class ScaledSphere(QuarticSphere):
     def __init__(self, c, **kw):
-        super().__init__((6,), **kw)
-        self.c = c
-
-    def objective(self, x, y):
-        return self.c * (0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1))
-
-    def equality_constraints(self, x, y):
-        return (y * y).sum(-1) - 1
-
-    def initial_guess(self, x):
-        return x / x.norm(dim=-1, keepdim=True)
+        super().__init__(6, c, **kw)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -10,21 +10,13 @@ import pytest
 import torch
 
 from ddn import DDNError
-from ddn.torch import DeclarativeNode, EqConstrainedNode
+from ddn.torch import DeclarativeNode
+from sphere_problems import QuarticSphere
 
 
-class Sphere(EqConstrainedNode):
+class Sphere(QuarticSphere):
     def __init__(self, **kw):
-        super().__init__((3,), **kw)
-
-    def objective(self, x, y):
-        return 0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1)
-
-    def equality_constraints(self, x, y):
-        return (y * y).sum(-1) - 1
-
-    def initial_guess(self, x):
-        return x / x.norm(dim=-1, keepdim=True)
+        super().__init__(3, **kw)
 
 
 class Repeated(Sphere):

@@ -15,13 +15,10 @@ import warnings
 import pytest
 import torch
 
-from ddn.torch import DeclarativeLayer, EqConstrainedNode, IneqConstrainedNode
+from ddn.torch import DeclarativeLayer, IneqConstrainedNode
+from sphere_problems import QuarticSphere, quartic
 
 M = 3
-
-
-def _f(x, y):
-    return 0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1)
 
 
 def _pair(x, y):
@@ -29,18 +26,9 @@ def _pair(x, y):
     return torch.stack([h, h * (1.5 + y[:, 0] ** 2 + torch.sin(x[:, 2]) * y[:, 1])], -1)  # φ > 0
 
 
-class Sphere(EqConstrainedNode):
+class Sphere(QuarticSphere):
     def __init__(self, **kw):
-        super().__init__((M,), **kw)
-
-    def objective(self, x, y):
-        return _f(x, y)
-
-    def equality_constraints(self, x, y):
-        return (y * y).sum(-1) - 1
-
-    def initial_guess(self, x):
-        return x / x.norm(dim=-1, keepdim=True)
+        super().__init__(M, **kw)
 
 
 class Repeated(Sphere):
@@ -60,7 +48,7 @@ class RepeatedIneq(IneqConstrainedNode):
         super().__init__((M,), **kw)
 
     def objective(self, x, y):
-        return _f(x, y)
+        return quartic(x, y)
 
     def inequality_constraints(self, x, y):
         return torch.cat([_pair(x, y), (y[:, 0] - 5).unsqueeze(-1)], -1)

@@ -11,6 +11,7 @@ import torch
 from ddn import DDNWarning
 from ddn.torch import DeclarativeLayer, EqConstrainedNode, IneqConstrainedNode
 from ddn.torch import _linalg
+from sphere_problems import QuarticSphere, quartic
 
 M = 6
 
@@ -23,27 +24,17 @@ class InBall(IneqConstrainedNode):
         self.c = c
 
     def objective(self, x, y):
-        return self.c * (0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1))
+        return self.c * quartic(x, y)
 
     def inequality_constraints(self, x, y):
         return torch.stack([(y * y).sum(-1) - 1, y[:, 0] + y[:, 1] - 0.1], -1)
 
 
-class OnSphere(EqConstrainedNode):
+class OnSphere(QuarticSphere):
     """f = c·(½‖y − x‖² + 0.1 Σ y⁴) s.t. ‖y‖² = 1."""
 
     def __init__(self, c, **kw):
-        super().__init__((M,), **kw)
-        self.c = c
-
-    def objective(self, x, y):
-        return self.c * (0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1))
-
-    def equality_constraints(self, x, y):
-        return (y * y).sum(-1) - 1
-
-    def initial_guess(self, x):
-        return x / x.norm(dim=-1, keepdim=True)
+        super().__init__(M, c, **kw)
 
 
 def _grad(node_cls, c, x, v, dtype):

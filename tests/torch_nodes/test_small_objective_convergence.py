@@ -11,41 +11,25 @@ import pytest
 import torch
 
 from ddn import DDNWarning
-from ddn.torch import EqConstrainedNode
+from sphere_problems import QuarticSphere
 
 M = 6
 
 
-class OnSphere(EqConstrainedNode):
+class OnSphere(QuarticSphere):
     def __init__(self, c, **kw):
-        super().__init__((M,), **kw)
-        self.c = c
-
-    def objective(self, x, y):
-        return self.c * (0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1))
-
-    def equality_constraints(self, x, y):
-        return (y * y).sum(-1) - 1
-
-    def initial_guess(self, x):
-        return x / x.norm(dim=-1, keepdim=True)
+        super().__init__(M, c, **kw)
 
 
-class Near(EqConstrainedNode):
+class Near(QuarticSphere):
     """The sphere and φ·sphere + 10⁻²·(y₁ − 0.3): regular, cond(A) ~ 10³."""
 
     def __init__(self, **kw):
-        super().__init__((3,), **kw)
-
-    def objective(self, x, y):
-        return 0.5 * ((y - x) ** 2).sum(-1) + 0.1 * (y ** 4).sum(-1)
+        super().__init__(3, **kw)
 
     def equality_constraints(self, x, y):
         h = (y * y).sum(-1) - 1
         return torch.stack([h, h * (1.5 + y[:, 0] ** 2) + 1e-2 * (y[:, 1] - 0.3)], -1)
-
-    def initial_guess(self, x):
-        return x / x.norm(dim=-1, keepdim=True)
 
 
 @pytest.mark.parametrize("c", [1e-4, 1e-6])
