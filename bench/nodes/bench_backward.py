@@ -252,19 +252,7 @@ def main(argv=None):
     print("-" * len(hdr))
     for prob in args.problems:
         for m in args.sizes:
-            torch.manual_seed(m)
-            x = torch.randn(b, m, dtype=dt).to(DEVICE)
-            v = torch.randn(b, m, dtype=dt).to(DEVICE)
-            if prob == "dense-W":
-                W = (torch.randn(m, m, dtype=dt) / m ** 0.5).to(DEVICE)
-
-                def make(y_star=None, **kw):
-                    return DenseW(W, y_star, **kw)
-            else:
-                def make(y_star=None, **kw):
-                    return Smooth(m, y_star, **kw)
-            y_star, info = make().solve(x)
-            assert info["converged"].all(), "forward solve did not converge"
+            x, v, make, y_star = problem(prob, m, b, dt)
             rows += bench_one(prob, m, b, x, y_star, v, make, args)
             if m == args.breakdown_m:
                 bd = dense_breakdown(make(y_star), x, y_star, v)
@@ -297,6 +285,25 @@ def main(argv=None):
                                           "dense_breakdown": breakdown},
                                          indent=1))
     print(f"wrote {args.out}")
+
+
+def problem(prob, m, b, dt):
+    """The inputs of one table row, seeded by m, on DEVICE: x, v (b, m), ``make(y_star=None,
+    **node_kw)`` building the node, and the forward solution y_star (asserted converged)."""
+    torch.manual_seed(m)
+    x = torch.randn(b, m, dtype=dt).to(DEVICE)
+    v = torch.randn(b, m, dtype=dt).to(DEVICE)
+    if prob == "dense-W":
+        W = (torch.randn(m, m, dtype=dt) / m ** 0.5).to(DEVICE)
+
+        def make(y_star=None, **kw):
+            return DenseW(W, y_star, **kw)
+    else:
+        def make(y_star=None, **kw):
+            return Smooth(m, y_star, **kw)
+    y_star, info = make().solve(x)
+    assert info["converged"].all(), "forward solve did not converge"
+    return x, v, make, y_star
 
 
 def dense_breakdown(node, x, y, v, reps=5):

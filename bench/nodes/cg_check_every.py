@@ -32,18 +32,8 @@ def main(argv=None):
     print(f"{'problem':>8} {'m':>5} {'k=1 ms':>9} {'k=8 ms':>9} {'k=1 / k=8':>10}")
     for prob in ("dense-W", "smooth"):
         for m in args.sizes:
-            torch.manual_seed(m)
-            x = torch.randn(b, m, dtype=dt).to(dev)
-            v = torch.randn(b, m, dtype=dt).to(dev)
-            if prob == "dense-W":
-                W = (torch.randn(m, m, dtype=dt) / m ** 0.5).to(dev)
-                node = B.DenseW(W)
-            else:
-                node = B.Smooth(m)
-            y_star, _ = node.solve(x)
-            make = (lambda: B.DenseW(W, y_star, linear_solver="cg", tol=1e-10)) if prob == "dense-W" \
-                else (lambda: B.Smooth(m, y_star, linear_solver="cg", tol=1e-10))
-            layer = DeclarativeLayer(make())
+            x, v, make, y_star = B.problem(prob, m, b, dt)
+            layer = DeclarativeLayer(make(y_star, linear_solver="cg", tol=1e-10))
             times = {1: [], 8: []}
             grads = {}
             for r in range(args.reps + 1):
