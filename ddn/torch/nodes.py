@@ -73,7 +73,8 @@ def _nearly_dependent(A, c, mask, y, tol_y):
     the distance of y from the feasible point that the constraints define, which a residual test
     ``‖c‖ ≤ tol`` cannot see (h₂ = φ·h₁ + 10⁻⁴·ℓ in float32 was 'solved' by a y where ℓ ≠ 0, O(1)
     from the answer). Exactly dependent constraints (h₂ = φ·h₁) have ``u_kᵀĉ`` at round-off,
-    which is not counted. Returns ``(flag (b,), move (b,), kappa (b,))``, no graph."""
+    which is not counted. Returns ``(flag (b,), move (b,), kappa (b,), cond (b,))``, no graph;
+    ``cond`` is :func:`_unit_row_cond` of the active rows, from the same SVD."""
     with torch.no_grad():
         Ad = A.detach().double() * mask.unsqueeze(-1)
         rn = Ad.norm(dim=-1)
@@ -94,7 +95,16 @@ def _nearly_dependent(A, c, mask, y, tol_y):
         move = torch.where(near, move, torch.zeros_like(move)).amax(-1)
         kappa = torch.where(smax[:, 0] > 0, smax[:, 0] / torch.where(near, S, smax).amin(-1),
                             torch.ones_like(move))
-    return flag, move, kappa
+    return flag, move, kappa, _cond_of_unit_rows(S, act.sum(-1))
+
+
+def _cond_of_unit_rows(S, nonzero_rows):
+    """σ_max / σ_k from the singular values ``S`` (b, ·) of a matrix with ``nonzero_rows`` (b,)
+    nonzero unit rows (the zero rows' singular values left out); inf where σ_k = 0."""
+    k = nonzero_rows.clamp_min(1)
+    smin = S.gather(-1, (k.clamp_max(S.shape[-1]) - 1).unsqueeze(-1)).squeeze(-1)
+    return torch.where(smin > 0, S[:, 0] / torch.where(smin > 0, smin, torch.ones_like(smin)),
+                       torch.full_like(smin, float("inf")))
 
 
 def _unit_row_cond(A):
@@ -103,10 +113,7 @@ def _unit_row_cond(A):
         Ad = A.detach().double()
         rn = Ad.norm(dim=-1, keepdim=True)
         S = torch.linalg.svdvals(Ad / torch.where(rn > 0, rn, torch.ones_like(rn)))
-        k = (rn.squeeze(-1) > 0).sum(-1).clamp_min(1)  # the number of nonzero rows
-        smin = S.gather(-1, (k.clamp_max(S.shape[-1]) - 1).unsqueeze(-1)).squeeze(-1)
-        return torch.where(smin > 0, S[:, 0] / torch.where(smin > 0, smin, torch.ones_like(smin)),
-                           torch.full_like(smin, float("inf")))
+        return _cond_of_unit_rows(S, (rn.squeeze(-1) > 0).sum(-1))
 
 
 def _report_nearly_dependent(flag, move, kappa, on_degenerate):
@@ -463,7 +470,7 @@ class DeclarativeNode:
         # nearly (not exactly) dependent constraints that y does not satisfy to the accuracy they
         # need: reported whatever `singular` says (pinv/proximal would treat them as dependent)
         tol_y = self.residual_tol if self.residual_tol is not None else default_tol(yf.dtype, 1e-6, 1e-3)
-        near, move, kappa = _nearly_dependent(A, c, mask, yf, tol_y)
+        near, move, kappa, kap = _nearly_dependent(A, c, mask, yf, tol_y)
         done = ctx.get("_near_dependent_reported")  # by the default solver, in the forward
         todo = near if done is None else near & ~torch.as_tensor(done, device=near.device)
         if todo.any():
@@ -475,7 +482,6 @@ class DeclarativeNode:
         # (above loss 10³, cond(Â) ~ 10⁵ in float32 and 10⁹ in float64, the rows count as
         # dependent to working precision: exactly dependent ones computed with their own round-off
         # show 10⁶ and 10¹² there; the rank-deficient case, where the user's `singular` applies)
-        kap = _unit_row_cond(Am)
         loss = kap * kap * _linalg.eps_of(yf.dtype)
         illc = (loss > 1e-2) & (loss <= 1e3) & ~rank_def & ~near & finite
         if illc.any():
@@ -698,7 +704,7 @@ class EqConstrainedNode(DeclarativeNode):
             hk = _as_2d(self.equality_constraints(*xs, yk.reshape(b, *shape)), b)
             Ak = batched_jacobian(hk, yk)
         tol_y = self.residual_tol if self.residual_tol is not None else default_tol(y0.dtype, 1e-6, 1e-3)
-        near, move, kappa = _nearly_dependent(Ak, hk.detach(), torch.ones_like(hk, dtype=torch.bool),
+        near, move, kappa, _ = _nearly_dependent(Ak, hk.detach(), torch.ones_like(hk, dtype=torch.bool),
                                               yk.detach(), tol_y)
         if near.any():
             _report_nearly_dependent(near, move, kappa, self.on_degenerate)
