@@ -242,15 +242,12 @@ def _radius_range(radius, dtype):
 def _check_p(p):
     """p as the Python number 1, 2 or inf (a numpy scalar or a one-element tensor is accepted:
     a tensor p passed the membership test and then failed as a dict key, a bare KeyError)."""
-    q = p
-    if torch.is_tensor(q):
-        q = q.item() if q.numel() == 1 else q
-    if isinstance(q, (bool, str)) or not isinstance(q, (int, float)) and not hasattr(q, "__float__"):
-        raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}")
-    try:
-        q = float(q)
-    except (TypeError, ValueError):
-        raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}") from None
+    q = None
+    if not isinstance(p, (bool, str)) and not (torch.is_tensor(p) and p.dtype == torch.bool):
+        try:
+            q = float(p)  # a number, numpy scalar or one-element tensor
+        except (TypeError, ValueError, RuntimeError):
+            pass
     if q not in (1.0, 2.0, INF):
         raise DDNError(f"p must be 1, 2 or float('inf'), got {p!r}")
     return INF if q == INF else int(q)
